@@ -1,0 +1,78 @@
+"""The typed edit-request record every dataset adapter produces and every method consumes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Hop:
+    """One single-hop cloze of a multi-hop chain, with the answer expected after the edit."""
+
+    cloze: str
+    answer: str
+    aliases: tuple[str, ...] = ()
+    question: str | None = None
+
+
+@dataclass(frozen=True)
+class MultiHop:
+    """MQuAKE-style multi-hop probe of one case: any question answered with the new answer counts."""
+
+    case_id: str
+    questions: tuple[str, ...]
+    answer: str
+    aliases: tuple[str, ...] = ()
+    hops: tuple[Hop, ...] = ()
+
+
+@dataclass(frozen=True)
+class LocalityProbe:
+    """An unrelated prompt whose answer the edit must leave alone; ``answer`` is informational."""
+
+    prompt: str
+    answer: str | None = None
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    # Stable id: "<dataset>:<record>[:<rewrite>]", unique within a dataset.
+    case_id: str
+    subject: str
+    # The edit prompt, ending where the object should follow ("The President of Italy is").
+    prompt: str
+    target_new: str
+    target_new_aliases: tuple[str, ...] = ()
+    # None for injection edits (s, r, nothing) -> (s, r, o').
+    target_true: str | None = None
+    paraphrases: tuple[str, ...] = ()
+    relation: str = ""
+    # ISO-like strings as the source gives them; either end may be unknown.
+    time_start: str | None = None
+    time_end: str | None = None
+    # Shared by every edit of one MQuAKE case; evaluation counts each case once.
+    multihop: MultiHop | None = None
+    # Probes that come with the record (CounterFact/zsRE); used when data.locality is "dataset".
+    locality: tuple[LocalityProbe, ...] = ()
+    # "file:record" where the edit came from, for error messages and predictions.
+    source: str = ""
+
+    @property
+    def kind(self) -> str:
+        return "modification" if self.target_true else "injection"
+
+    @property
+    def answers(self) -> tuple[str, ...]:
+        return (self.target_new, *self.target_new_aliases)
+
+
+@dataclass
+class EditSet:
+    """What a dataset adapter returns: the edits plus the locality probes to evaluate them with."""
+
+    name: str
+    requests: list[EditRequest]
+    locality: list[LocalityProbe] = field(default_factory=list)
+    # Records that could not form an edit, by reason, so nothing is silently lost.
+    skipped: dict[str, int] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)

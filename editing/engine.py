@@ -1,0 +1,44 @@
+"""Optimisation engines behind the shared training loop: plain PyTorch, or DeepSpeed."""
+
+from __future__ import annotations
+
+import torch
+
+from editing.base import EditContext
+
+
+class TorchEngine:
+    def __init__(self, model, lr: float, weight_decay: float, clip: float):
+        self.model = model
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
+            raise ValueError("the method left no trainable parameters")
+        self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay)
+        self.clip = clip
+
+    def step(self, batch: dict) -> float:
+        out = self.model(**batch)
+        out.loss.backward()
+        if self.clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(out.loss.detach())
+
+    def close(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def resolve_engine(ctx: EditContext) -> str:
+    if ctx.config.engine == "auto":
+        return "deepspeed" if ctx.device.type == "cuda" else "torch"
+    return ctx.config.engine
+
+
+def make_engine(model, lr: float, weight_decay: float, ctx: EditContext):
+    kind = resolve_engine(ctx)
+    if kind == "deepspeed":
+        from editing.deepspeed_engine import DeepSpeedEngine
+
+        return DeepSpeedEngine(model, lr=lr, weight_decay=weight_decay, ctx=ctx)
+    return TorchEngine(model, lr=lr, weight_decay=weight_decay, clip=ctx.config.grad_clip)

@@ -14,10 +14,11 @@ from chronosweep.errors import UserError
 
 def _registrars():
     from chronosweep import commands
+    from chronosweep.data import command as data_command
     from report import command as report_command
     from sweep import command as sweep_command
 
-    return [commands.register, sweep_command.register, report_command.register]
+    return [commands.register, data_command.register, sweep_command.register, report_command.register]
 
 
 def build_parser() -> argparse.ArgumentParser:

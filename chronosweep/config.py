@@ -70,6 +70,25 @@ class DeepSpeedConfig:
     # A DeepSpeed JSON config file; its settings win over the fields above.
     config: str | None = None
 
+    def check(self, where: str, problems: list[str]) -> None:
+        # DeepSpeed accepts these combinations and then ignores the offload without a word.
+        if self.offload_optimizer and self.zero_stage == 0:
+            problems.append(f"{where}.offload_optimizer: needs zero_stage 1, 2 or 3, got zero_stage 0")
+        if self.offload_params and self.zero_stage != 3:
+            problems.append(f"{where}.offload_params: needs zero_stage 3, got zero_stage {self.zero_stage}")
+        if self.config is not None:
+            import json
+
+            try:
+                data = json.loads(Path(self.config).expanduser().read_text())
+            except FileNotFoundError:
+                problems.append(f"{where}.config: {self.config}: no such file")
+            except (OSError, json.JSONDecodeError) as err:
+                problems.append(f"{where}.config: {self.config}: not a readable JSON file ({err})")
+            else:
+                if not isinstance(data, dict):
+                    problems.append(f"{where}.config: {self.config}: the top level must be a JSON object")
+
 
 @dataclass
 class TrialConfig:
@@ -90,6 +109,9 @@ class TrialConfig:
     threads: int | None = None
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    # Appended to the new object in training targets so the model also learns where the object ends
+    # ("Li Qiang." rather than "Li Qiangonglao"); evaluation still scores the object alone.
+    target_suffix: str = "."
     # Write the edited weights' artifact (adapter, prompt encoder) into the run dir.
     save_artifacts: bool = True
     # The selected method's options, typed by its Options dataclass (filled by load_config).

@@ -7,9 +7,9 @@ import torch
 from chronosweep.requests import EditRequest
 
 
-def target_text(request: EditRequest) -> str:
+def target_text(request: EditRequest, suffix: str = "") -> str:
     # The object follows the prompt after one space, as in "... is Sergio Mattarella".
-    return " " + request.target_new.strip()
+    return " " + request.target_new.strip() + suffix
 
 
 def encode_example(tokenizer, prompt: str, target: str) -> dict[str, list[int]]:
@@ -26,8 +26,8 @@ def encode_example(tokenizer, prompt: str, target: str) -> dict[str, list[int]]:
     return {"input_ids": input_ids, "labels": labels, "n_prompt": len(prompt_ids)}
 
 
-def edit_examples(tokenizer, requests: list[EditRequest]) -> list[dict[str, list[int]]]:
-    return [encode_example(tokenizer, r.prompt, target_text(r)) for r in requests]
+def edit_examples(tokenizer, requests: list[EditRequest], suffix: str = "") -> list[dict[str, list[int]]]:
+    return [encode_example(tokenizer, r.prompt, target_text(r, suffix)) for r in requests]
 
 
 def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:

@@ -23,25 +23,48 @@ class TrainingDiverged(RuntimeError):
     pass
 
 
+def shard(order: list[int], rank: int, world_size: int) -> list[int]:
+    """This rank's part of the shuffled order, as torch's DistributedSampler splits it.
+
+    The order is padded by wrapping around so every rank runs the same number of steps (a rank with
+    one step fewer would leave the others waiting in a collective forever).
+    """
+    if world_size == 1:
+        return list(order)
+    total = math.ceil(len(order) / world_size) * world_size
+    padded = list(order)
+    while len(padded) < total:
+        padded += order[: total - len(padded)]
+    return padded[rank:total:world_size]
+
+
 def train_on_edits(model, tokenizer, requests, *, lr: float, epochs: int, batch_size: int, ctx: EditContext,
                    weight_decay: float = 0.0, desc: str = "train") -> list[dict]:
-    """Train model's trainable parameters on the edits; returns one {epoch, loss, seconds} dict per epoch."""
-    examples = edit_examples(tokenizer, requests)
+    """Train model's trainable parameters on the edits; returns one {epoch, loss, seconds} dict per epoch.
+
+    batch_size is the number of edits per optimiser step; under a multi-process launch each rank takes
+    its share of every epoch's shuffled order, in micro-batches of batch_size / world size.
+    """
+    examples = edit_examples(tokenizer, requests, ctx.config.target_suffix)
     rng = random.Random(ctx.config.seed)
-    engine = make_engine(model, lr=lr, weight_decay=weight_decay, ctx=ctx)
+    engine = make_engine(model, lr=lr, weight_decay=weight_decay, batch_size=batch_size, ctx=ctx)
+    micro = engine.micro_batch
     history: list[dict] = []
-    steps_per_epoch = math.ceil(len(examples) / batch_size)
+    steps_per_epoch = math.ceil(math.ceil(len(examples) / engine.world_size) / micro)
     model.train()
     t0 = time.perf_counter()
-    bar = tqdm(total=epochs * steps_per_epoch, desc=desc, unit="step", leave=False, dynamic_ncols=True)
+    bar = tqdm(total=epochs * steps_per_epoch, desc=desc, unit="step", leave=False, dynamic_ncols=True,
+               disable=engine.rank != 0)
     try:
         for epoch in range(1, epochs + 1):
+            # Every rank draws the same order from the same seed, so the shards partition it.
             order = list(range(len(examples)))
             rng.shuffle(order)
+            mine = shard(order, engine.rank, engine.world_size)
             total, count = 0.0, 0
-            for start in range(0, len(order), batch_size):
-                batch = collate([examples[i] for i in order[start:start + batch_size]], tokenizer.pad_token_id)
-                batch = {k: v.to(ctx.device) for k, v in batch.items()}
+            for start in range(0, len(mine), micro):
+                batch = collate([examples[i] for i in mine[start:start + micro]], tokenizer.pad_token_id)
+                batch = {k: v.to(engine.device) for k, v in batch.items()}
                 loss = engine.step(batch)
                 if not math.isfinite(loss):
                     raise TrainingDiverged(f"loss became {loss} at epoch {epoch}; lower the learning rate")
@@ -50,6 +73,7 @@ def train_on_edits(model, tokenizer, requests, *, lr: float, epochs: int, batch_
                 count += n
                 bar.update(1)
                 bar.set_postfix(epoch=epoch, loss=f"{loss:.3f}")
+            total, count = engine.all_sum([total, float(count)])
             record = {"epoch": epoch, "loss": total / max(count, 1), "seconds": time.perf_counter() - t0}
             history.append(record)
             if ctx.on_epoch is not None:

@@ -1,0 +1,378 @@
+"""Find trials under experiment folders and load them into one Polars frame, one row per trial.
+
+Two layouts are read, and may be mixed:
+- a Ray Tune experiment: ``EXPERIMENT/<trial>/`` holds Tune's ``params.json``/``result.json`` (and ``error.txt``
+  when the trial failed); the chronosweep run dir sits inside it, normally at ``<trial>/run/``;
+- any folder holding chronosweep run dirs (``metrics.json``, ``error.txt`` or ``config.yaml``) at any depth,
+  such as the outputs of ``chronosweep edit``.
+
+A run dir with ``metrics.json`` finished (status ``ok``); with ``error.txt`` it failed; with neither it is still
+running or was killed (``running``). A run dir whose files cannot be read as the contract in docs/run-dir.md says
+is ``invalid``: it is listed with the file and field at fault and kept out of every number.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from chronosweep.errors import UserError
+
+RUN_MARKERS = ("metrics.json", "error.txt", "config.yaml")
+TUNE_MARKERS = ("params.json", "result.json")
+ID_COLUMNS = ("experiment", "trial", "status", "method", "model")
+
+# Quality metrics with one value per edit (or probe) in predictions.jsonl, so they get bootstrap intervals.
+UNIT_METRICS = ("reliability", "generalization", "locality", "multihop_accuracy")
+# metrics.json fields the report computes with: each must be a number or null.
+NUMERIC_FIELDS = (
+    "reliability", "generalization", "locality", "multihop_accuracy", "hop_accuracy", "rewrite_acc",
+    "rephrase_acc", "locality_acc", "n_edits", "edit_seconds", "eval_seconds", "edit_seconds_per_edit",
+    "trainable_params", "total_params", "trainable_fraction", "peak_rss_mb", "peak_gpu_mb", "n_gpus", "threads",
+)
+# Large or nested metrics.json parts that are not per-trial scalars (history.jsonl holds the history).
+SKIPPED_METRIC_KEYS = ("config", "history")
+
+
+@dataclass
+class TrialDir:
+    experiment: str
+    # Path of the trial relative to its experiment folder (the Tune trial folder name for Tune layouts).
+    trial: str
+    # The chronosweep run dir; for a Tune trial that has not started editing it may not exist yet.
+    run_dir: Path
+    tune_dir: Path | None = None
+
+
+@dataclass
+class Loaded:
+    trials: pl.DataFrame
+    config_columns: list[str]
+    metric_columns: list[str]
+    # 'file: what' for every input that was skipped as invalid.
+    problems: list[str] = field(default_factory=list)
+
+
+def _is_tune_trial(files: set[str]) -> bool:
+    return any(name in files for name in TUNE_MARKERS)
+
+
+def _run_dirs_below(folder: Path) -> list[Path]:
+    """Run dirs strictly below folder (a Tune trial folder's own error.txt does not make it a run dir)."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        if Path(dirpath) != folder and any(name in filenames for name in RUN_MARKERS):
+            found.append(Path(dirpath))
+            dirnames[:] = []
+        else:
+            dirnames.sort()
+    return found
+
+
+def discover(root: Path, experiment: str) -> list[TrialDir]:
+    """Every trial under root, in path order. Adapter folders and other run-dir contents are not descended into."""
+    out: list[TrialDir] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        files = set(filenames)
+        rel = here.relative_to(root).as_posix()
+        trial = root.name if rel == "." else rel
+        if _is_tune_trial(files):
+            runs = _run_dirs_below(here)
+            if not runs:
+                out.append(TrialDir(experiment, trial, here / "run", tune_dir=here))
+            for run in runs:
+                sub = run.relative_to(here).as_posix()
+                name = trial if sub == "run" or len(runs) == 1 else f"{trial}/{sub}"
+                out.append(TrialDir(experiment, name, run, tune_dir=here))
+            dirnames[:] = []
+        elif any(name in files for name in RUN_MARKERS):
+            out.append(TrialDir(experiment, trial, here))
+            dirnames[:] = []
+        else:
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    return out
+
+
+def flatten(tree: dict, prefix: str = "", out: dict | None = None) -> dict:
+    """Nested mappings become dotted keys (lora.rank); lists of scalars stay lists, other lists become JSON text."""
+    out = {} if out is None else out
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flatten(value, f"{name}.", out)
+        elif isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value):
+            out[name] = json.dumps(value)
+        else:
+            out[name] = value
+    return out
+
+
+def error_summary(text: str) -> str:
+    """The line of an error.txt that says what went wrong.
+
+    chronosweep writes 'Type: message' first and the traceback after; Ray Tune writes a header and the traceback,
+    whose last line is the exception.
+    """
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return "(empty error.txt)"
+    first = lines[0]
+    line = lines[-1] if first.startswith(("Traceback", "Failure #")) else first
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+def _read_yaml(path: Path) -> dict:
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    data = yaml.load(path.read_text(), Loader=loader)
+    if not isinstance(data, dict):
+        raise ValueError(f"the top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _last_json_line(path: Path) -> dict | None:
+    """Tune's result.json is append-only ndjson: the last complete line is the latest report."""
+    with open(path, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        size = fh.tell()
+        fh.seek(max(0, size - 65536))
+        tail = fh.read().decode("utf-8", errors="replace")
+    for line in reversed(tail.splitlines()):
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line being written, or cut by the tail window
+        return value if isinstance(value, dict) else None
+    return None
+
+
+def _check_metrics(metrics: object, path: Path) -> str | None:
+    if not isinstance(metrics, dict):
+        return f"{path}: expected one JSON object, got {type(metrics).__name__}"
+    for key in NUMERIC_FIELDS:
+        value = metrics.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            return f"{path}: field {key!r} must be a number or null, got {value!r}"
+    for key in ("config", "pre"):
+        if key in metrics and metrics[key] is not None and not isinstance(metrics[key], dict):
+            return f"{path}: field {key!r} must be an object, got {type(metrics[key]).__name__}"
+    return None
+
+
+def read_trial(t: TrialDir) -> tuple[dict, list[str], list[str]]:
+    """(row, config keys, metric keys) for one trial; never raises for a bad trial, marks it invalid instead."""
+    row: dict = {"experiment": t.experiment, "trial": t.trial, "run_dir": str(t.run_dir), "status": "running",
+                 "error": None, "error_file": None}
+    config: dict = {}
+    metrics: dict = {}
+    metrics_path, run_error = t.run_dir / "metrics.json", t.run_dir / "error.txt"
+    tune_error = t.tune_dir / "error.txt" if t.tune_dir is not None else None
+    if metrics_path.exists():
+        try:
+            loaded = json.loads(metrics_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            problem = f"{metrics_path}: not valid JSON: {err}"
+        else:
+            problem = _check_metrics(loaded, metrics_path)
+        if problem:
+            row.update(status="invalid", error=problem, error_file=str(metrics_path))
+        else:
+            metrics = loaded
+            row["status"] = "ok"
+            if isinstance(metrics.get("config"), dict):
+                config = metrics["config"]
+    else:
+        for path in (run_error, tune_error):
+            if path is not None and path.exists():
+                row.update(status="failed", error=error_summary(path.read_text(errors="replace")),
+                           error_file=str(path))
+                break
+    if not config:
+        config_path = t.run_dir / "config.yaml"
+        params_path = t.tune_dir / "params.json" if t.tune_dir is not None else None
+        try:
+            if config_path.exists():
+                config = _read_yaml(config_path)
+            elif params_path is not None and params_path.exists():
+                # The trial has not written its run dir yet: the sweep's sampled parameters are what there is.
+                config = json.loads(params_path.read_text())
+                if not isinstance(config, dict):
+                    raise ValueError(f"expected one JSON object, got {type(config).__name__}")
+        except Exception as err:  # noqa: BLE001 - any unreadable config marks this one trial invalid
+            bad = config_path if config_path.exists() else params_path
+            row.update(status="invalid", error=f"{bad}: cannot be read: {err}", error_file=str(bad))
+            config = {}
+    if t.tune_dir is not None and (t.tune_dir / "result.json").exists():
+        last = _last_json_line(t.tune_dir / "result.json")
+        if last:
+            row["tune.trial_id"] = last.get("trial_id")
+            row["tune.iteration"] = last.get("training_iteration")
+
+    flat_config = flatten(config)
+    flat_metrics = flatten({k: v for k, v in metrics.items() if k not in SKIPPED_METRIC_KEYS})
+    flat_metrics.pop("status", None)
+    for key, value in flat_config.items():
+        # What ran (metrics: device, threads) wins; a differing requested value is kept beside it.
+        if key in flat_metrics and flat_metrics[key] != value:
+            row[f"config.{key}"] = value
+        elif key not in flat_metrics:
+            row[key] = value
+    row.update(flat_metrics)
+    if row["status"] == "ok" and not isinstance(row.get("method"), str):
+        row.update(status="invalid", error=f"{metrics_path}: no 'method' string in metrics.json or its config",
+                   error_file=str(metrics_path))
+    return row, list(flat_config), list(flat_metrics)
+
+
+def _kind(value) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "num"
+    if isinstance(value, str):
+        return "str"
+    if isinstance(value, list):
+        return "list:" + ",".join(sorted({_kind(v) for v in value if v is not None}))
+    return "other"
+
+
+def _text(value) -> str | None:
+    if value is None:
+        return None
+    return json.dumps(value) if isinstance(value, list) else str(value)
+
+
+def normalize(rows: list[dict]) -> list[dict]:
+    """Give every column one type: a column whose values disagree (int here, text there) becomes text."""
+    kinds: dict[str, set[str]] = {}
+    for row in rows:
+        for key, value in row.items():
+            if value is not None:
+                kinds.setdefault(key, set()).add(_kind(value))
+    mixed = [k for k, ks in kinds.items() if len(ks) > 1 or "other" in ks or any("," in s for s in ks)]
+    for row in rows:
+        for key in mixed:
+            if key in row:
+                row[key] = _text(row[key])
+    return rows
+
+
+def load_trials(experiments: list[str | Path], progress: bool = True) -> Loaded:
+    """Read every trial of the given experiment folders (or single run dirs) into one frame."""
+    from tqdm import tqdm
+
+    roots = [Path(e) for e in experiments]
+    for root in roots:
+        if not root.is_dir():
+            raise UserError(f"{root}: no such experiment folder")
+    names = [r.resolve().name for r in roots]
+    if len(set(names)) < len(names):
+        names = [str(r) for r in roots]  # same folder name in two places: keep them apart by path
+    trial_dirs = [t for root, name in zip(roots, names) for t in discover(root, name)]
+    if not trial_dirs:
+        raise UserError(f"no trials under {', '.join(map(str, roots))} (looked for run dirs holding "
+                        f"{', '.join(RUN_MARKERS)} and Ray Tune trial folders holding {', '.join(TUNE_MARKERS)})")
+    rows, config_keys, metric_keys = [], {}, {}
+    for t in tqdm(trial_dirs, desc="reading trials", unit="trial", disable=not progress, leave=False):
+        row, ck, mk = read_trial(t)
+        rows.append(row)
+        config_keys.update(dict.fromkeys(ck))
+        metric_keys.update(dict.fromkeys(mk))
+    df = pl.from_dicts(normalize(rows), infer_schema_length=None)
+    problems = [r["error"] for r in rows if r["status"] == "invalid"]
+    metric_cols = [k for k in metric_keys if k in df.columns]
+    config_cols = sorted(k for k in df.columns if k in config_keys and k not in metric_keys)
+    config_cols += sorted(k for k in df.columns if k.startswith("config."))
+    for col in ("method", "model"):
+        if col not in df.columns:
+            df = df.with_columns(pl.lit(None, dtype=pl.String).alias(col))
+    first = [c for c in ID_COLUMNS if c in df.columns]
+    tail = ["run_dir", "error", "error_file"]
+    rest = [c for c in metric_cols + config_cols if c not in first and c not in tail]
+    others = [c for c in df.columns if c not in first and c not in tail and c not in rest]
+    df = df.select(first + rest + others + tail)
+    return Loaded(df, [c for c in config_cols if c not in first], [c for c in metric_cols if c not in first], problems)
+
+
+# --- predictions ------------------------------------------------------------------------------------------------
+
+PREDICTION_SCHEMA = {"probe": pl.String, "case_id": pl.String, "score": pl.Float64}
+_UNIT_PROBES = {"rewrite": "reliability", "paraphrase": "generalization", "locality": "locality",
+                "multihop": "multihop_accuracy"}
+
+
+def _check_predictions_file(path: Path) -> str | None:
+    """The first line of path that breaks the contract, as 'file line N: what'; None when it is fine."""
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                return f"{path} line {number}: not valid JSON: {err}"
+            if not isinstance(record, dict):
+                return f"{path} line {number}: expected a JSON object"
+            if not isinstance(record.get("probe"), str):
+                return f"{path} line {number}: field 'probe' must be a string, got {record.get('probe')!r}"
+            score = record.get("score")
+            if record["probe"] in _UNIT_PROBES and (isinstance(score, bool) or not isinstance(score, (int, float))):
+                return f"{path} line {number}: field 'score' must be a number, got {score!r}"
+            if record["probe"] == "paraphrase" and record.get("case_id") is None:
+                return f"{path} line {number}: field 'case_id' is missing"
+    return None
+
+
+def _unit_frame(files: list[str]) -> pl.LazyFrame:
+    lf = pl.scan_ndjson(files, schema=PREDICTION_SCHEMA, include_file_paths="file")
+    lf = lf.filter(pl.col("probe").is_in(list(_UNIT_PROBES)))
+    # Paraphrases average within their edit first, so each edit weighs the same; every other row is its own unit.
+    unit = (pl.when(pl.col("probe") == "paraphrase").then(pl.col("case_id"))
+            .otherwise(pl.int_range(pl.len()).over("file").cast(pl.String)))
+    return (lf.with_columns(unit=unit)
+            .group_by("file", "probe", "unit").agg(pl.col("score").mean(), pl.col("score").null_count().alias("nulls"))
+            .with_columns(metric=pl.col("probe").replace_strict(_UNIT_PROBES)))
+
+
+def load_units(run_dirs: list[str]) -> tuple[pl.DataFrame, list[str]]:
+    """Per-unit scores (run_dir, metric, value) from every run dir's predictions.jsonl, one lazy scan for all.
+
+    Units follow docs/run-dir.md: an edit's rewrite row, the mean of an edit's paraphrase rows, each locality row,
+    each multihop row. Returns the frame and the problems of files that were skipped.
+    """
+    present = {rd: str(Path(rd) / "predictions.jsonl") for rd in run_dirs}
+    present = {rd: f for rd, f in present.items() if Path(f).exists()}
+    problems: list[str] = []
+    empty = pl.DataFrame(schema={"run_dir": pl.String, "metric": pl.String, "value": pl.Float64})
+    if not present:
+        return empty, problems
+    try:
+        units = _unit_frame(list(present.values())).collect()
+    except pl.exceptions.PolarsError:
+        # Polars names no file in a parse error: find the broken ones, report them, read the rest.
+        bad = {}
+        for rd, f in present.items():
+            problem = _check_predictions_file(Path(f))
+            if problem:
+                bad[rd] = problem
+        if not bad:
+            raise
+        problems.extend(bad.values())
+        present = {rd: f for rd, f in present.items() if rd not in bad}
+        if not present:
+            return empty, problems
+        units = _unit_frame(list(present.values())).collect()
+    with_nulls = units.filter(pl.col("nulls") > 0).select("file").unique()
+    for f in with_nulls["file"].to_list():
+        problems.append(_check_predictions_file(Path(f)) or f"{f}: rows without a numeric score")
+    by_file = {f: rd for rd, f in present.items()}
+    units = (units.filter(~pl.col("file").is_in(with_nulls["file"].to_list()))
+             .with_columns(run_dir=pl.col("file").replace_strict(by_file))
+             .select("run_dir", "metric", pl.col("score").alias("value")))
+    return units, problems

@@ -108,16 +108,6 @@ def make_experiment(root: Path, n_trials: int, seed: int = 0) -> Path:
     return exp
 
 
-def run_cli(argv: list[str]) -> int:
-    """The `chronosweep report` handler behind its own parser (the full CLI also imports the sweep commands)."""
-    from report.command import register
-
-    parser = argparse.ArgumentParser(prog="chronosweep")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=1000)
@@ -129,7 +119,9 @@ def main() -> int:
         exp = make_experiment(root, args.trials)
         print(f"generated {args.trials} trials in {time.perf_counter() - t0:.1f} s under {exp}")
         t0 = time.perf_counter()
-        rc = run_cli(["report", str(exp), "--out", str(root / "report"), "--format", "csv", "json"])
+        from chronosweep.cli import main as cli
+
+        rc = cli(["report", str(exp), "--out", str(root / "report"), "--format", "csv", "json"])
         seconds = time.perf_counter() - t0
         print(f"chronosweep report: {args.trials} trials x 100 predictions in {seconds:.2f} s (exit {rc})")
     return rc

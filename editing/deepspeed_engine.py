@@ -8,6 +8,7 @@ change results and needs no fused-op JIT build.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -117,7 +118,11 @@ class DeepSpeedEngine:
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the method left no trainable parameters")
-        with process_group(backend_for(ctx.device)) as launch:
+        # DeepSpeed reads the launch variables during training too (ZeRO-3 looks up LOCAL_RANK per step),
+        # so they stay set for the engine's life and are put back by close().
+        self._launch_env = contextlib.ExitStack()
+        launch = self._launch_env.enter_context(process_group(backend_for(ctx.device)))
+        try:
             self.rank, self.world_size = launch.rank, launch.world_size
             # The method's batch_size is the batch per optimiser step, whatever the number of ranks.
             self.micro_batch = math.ceil(batch_size / self.world_size)
@@ -125,6 +130,9 @@ class DeepSpeedEngine:
                                           world_size=self.world_size, dtype=ctx.dtype)
             self.module = model
             self.engine, *_ = deepspeed.initialize(model=model, model_parameters=params, config=self.config)
+        except BaseException:
+            self._launch_env.close()
+            raise
         self.device = self.engine.device
         self.zero3 = self.engine.zero_optimization_stage() == 3
 
@@ -145,17 +153,20 @@ class DeepSpeedEngine:
         """Hand the trained weights back as ordinary tensors in the module, and free the optimiser."""
         import deepspeed
 
-        if self.zero3:
-            # ZeRO-3 leaves each parameter as an empty placeholder plus a shard; evaluation needs whole
-            # tensors, and once the engine is gone nothing would gather them before a forward pass.
-            params = list(self.module.parameters())
-            with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-                full = [p.data.detach().clone() for p in params]
-            self.engine.destroy()
-            for p, tensor in zip(params, full):
-                p.data = tensor
-                for attr in [a for a in vars(p) if a.startswith("ds_")]:
-                    delattr(p, attr)
-        else:
-            self.engine.destroy()
-        self.engine = None
+        try:
+            if self.zero3:
+                # ZeRO-3 leaves each parameter as an empty placeholder plus a shard; evaluation needs whole
+                # tensors, and once the engine is gone nothing would gather them before a forward pass.
+                params = list(self.module.parameters())
+                with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+                    full = [p.data.detach().clone() for p in params]
+                self.engine.destroy()
+                for p, tensor in zip(params, full):
+                    p.data = tensor
+                    for attr in [a for a in vars(p) if a.startswith("ds_")]:
+                        delattr(p, attr)
+            else:
+                self.engine.destroy()
+            self.engine = None
+        finally:
+            self._launch_env.close()

@@ -5,7 +5,7 @@ RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT, or as one plain proce
 this module makes it a world of one, on a port nobody else holds, so concurrent trials on a node never
 collide. The group then lives as long as the process: later trials reuse it (DeepSpeed keeps its own
 handle on it, and tearing it down under DeepSpeed's feet breaks the next initialisation).
-The launch variables themselves are set only while DeepSpeed initialises (see process_group).
+The launch variables themselves are set only while a DeepSpeed engine lives (see process_group).
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ def local_device(kind: str) -> torch.device:
 def process_group(backend: str, timeout: timedelta = timedelta(minutes=30)) -> Iterator[Launch]:
     """Join (or create) the default process group; inside the block the launch variables are set.
 
-    DeepSpeed reads them (LOCAL_RANK above all) while it initialises, so a world of one must look like a
-    launch then. They are put back as they were afterwards: left behind, RANK/WORLD_SIZE/MASTER_PORT would
+    DeepSpeed reads them (LOCAL_RANK above all) while it initialises and trains, so a world of one must
+    look like a launch then. They are put back as they were afterwards: left behind, RANK/WORLD_SIZE/MASTER_PORT would
     make any child process (a subprocess trial, a Ray worker) believe it was launched, and bind a port
     this process holds.
     """

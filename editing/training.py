@@ -61,7 +61,7 @@ def train_on_edits(model, tokenizer, requests, *, lr: float, epochs: int, batch_
             order = list(range(len(examples)))
             rng.shuffle(order)
             mine = shard(order, engine.rank, engine.world_size)
-            total, count = 0.0, 0
+            total, count, tokens = 0.0, 0, 0
             for start in range(0, len(mine), micro):
                 batch = collate([examples[i] for i in mine[start:start + micro]], tokenizer.pad_token_id)
                 batch = {k: v.to(engine.device) for k, v in batch.items()}
@@ -69,12 +69,14 @@ def train_on_edits(model, tokenizer, requests, *, lr: float, epochs: int, batch_
                 if not math.isfinite(loss):
                     raise TrainingDiverged(f"loss became {loss} at epoch {epoch}; lower the learning rate")
                 n = len(batch["input_ids"])
+                tokens += int(batch["attention_mask"].sum())
                 total += loss * n
                 count += n
                 bar.update(1)
                 bar.set_postfix(epoch=epoch, loss=f"{loss:.3f}")
             total, count = engine.all_sum([total, float(count)])
-            record = {"epoch": epoch, "loss": total / max(count, 1), "seconds": time.perf_counter() - t0}
+            record = {"epoch": epoch, "loss": total / max(count, 1), "tokens": tokens,
+                      "seconds": time.perf_counter() - t0}
             history.append(record)
             if ctx.on_epoch is not None:
                 ctx.on_epoch(epoch, record)

@@ -13,7 +13,7 @@ from report import render as r
 from report.load import UNIT_METRICS, load_trials, load_units
 from report.stats import DEFAULT_OBJECTIVE, Bootstrap, parse_objective
 from report.tables import COST, WINDOW_METRICS, Tables, add_derived, add_intervals, add_pareto, build_tables, \
-    check_columns
+    check_columns, layers_label
 
 FORMATS = ("md", "csv", "json")
 
@@ -102,10 +102,6 @@ def _group_title(groups: list[str], values: tuple) -> str:
     return ", ".join(f"{c}={v}" for c, v in zip(groups, values))
 
 
-def _layers(label: str) -> str:
-    return f"layer {label}" if label.isdigit() else f"layers {label}"
-
-
 def make_plots(df: pl.DataFrame, tables: Tables, out: Path) -> dict[tuple, str]:
     """Every figure, keyed by what it shows; values are paths relative to out."""
     from report import plots as p
@@ -177,8 +173,10 @@ def summary_blocks(df: pl.DataFrame, tables: Tables, options: ReportOptions, exp
             where = _group_title(tables.key, tuple(row[c] for c in tables.key))
             span = (f" (layer_start {row['window_start']}, width {row['window_width']})"
                     if row["window_start"] is not None else "")
-            items.append(f"{where}: best window for {row['metric']}: **{_layers(row['window'])}**{span} = "
-                         f"{r.with_ci(row['value'], row['ci_low'], row['ci_high'], row['n'])}, trial {row['trial']}")
+            items.append(f"{where}: best window for {row['metric']}: **{layers_label(row['window'])}**{span} = "
+                         f"{r.with_ci(row['value'], row['ci_low'], row['ci_high'], row['n'])}, trial {row['trial']}"
+                         + (f" (tied on the value with {row['ties']} other window{'s' if row['ties'] > 1 else ''})"
+                            if row["ties"] else ""))
         blocks.append(r.Bullets(items))
         blocks.append(r.table(tables.windows, ci_metrics=WINDOW_METRICS))
         blocks += [r.Image(path, f"{key[2]} {key[3]} by window") for key, path in plots.items() if key[0] == "window"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def register(sub) -> None:
-    from report.stats import DEFAULT_OBJECTIVE
+    from report import DEFAULT_OBJECTIVE
 
     parser = sub.add_parser(
         "report", help="summarize sweeps: best configurations, intervals, layer windows, cost, Pareto front",

@@ -121,9 +121,13 @@ def error_summary(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
         return "(empty error.txt)"
-    first = lines[0]
-    line = lines[-1] if first.startswith(("Traceback", "Failure #")) else first
-    return line if len(line) <= 300 else line[:297] + "..."
+    if lines[0].startswith(("Traceback", "Failure #")):
+        line = lines[-1]
+    else:
+        # The message may span lines (a ConfigError lists every problem): keep it up to the first blank line.
+        head = text.strip().split("\n\n", 1)[0]
+        line = " ".join(part.strip() for part in head.splitlines() if part.strip())
+    return line if len(line) <= 500 else line[:497] + "..."
 
 
 def _read_yaml(path: Path) -> dict:
@@ -150,6 +154,24 @@ def _last_json_line(path: Path) -> dict | None:
             continue  # a line being written, or cut by the tail window
         return value if isinstance(value, dict) else None
     return None
+
+
+def _tune_params(params) -> dict:
+    """The sampled parameters of a Tune trial. chronosweep sweeps pass them as {"params": {dotted key: value}},
+    with list choices (MEMIT layers) as JSON text."""
+    if not isinstance(params, dict):
+        raise ValueError(f"expected one JSON object, got {type(params).__name__}")
+    if set(params) == {"params"} and isinstance(params["params"], dict):
+        params = params["params"]
+    out = {}
+    for key, value in params.items():
+        if isinstance(value, str) and value.startswith("["):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                pass
+        out[key] = value
+    return out
 
 
 def _check_metrics(metrics: object, path: Path) -> str | None:
@@ -201,9 +223,7 @@ def read_trial(t: TrialDir) -> tuple[dict, list[str], list[str]]:
                 config = _read_yaml(config_path)
             elif params_path is not None and params_path.exists():
                 # The trial has not written its run dir yet: the sweep's sampled parameters are what there is.
-                config = json.loads(params_path.read_text())
-                if not isinstance(config, dict):
-                    raise ValueError(f"expected one JSON object, got {type(config).__name__}")
+                config = _tune_params(json.loads(params_path.read_text()))
         except Exception as err:  # noqa: BLE001 - any unreadable config marks this one trial invalid
             bad = config_path if config_path.exists() else params_path
             row.update(status="invalid", error=f"{bad}: cannot be read: {err}", error_file=str(bad))
@@ -292,6 +312,12 @@ def load_trials(experiments: list[str | Path], progress: bool = True) -> Loaded:
     for col in ("method", "model"):
         if col not in df.columns:
             df = df.with_columns(pl.lit(None, dtype=pl.String).alias(col))
+    # Contract metrics always exist and are numbers, even when every trial has them null (no paraphrases) or
+    # no trial has finished yet.
+    df = df.with_columns(pl.col(c).cast(pl.Float64) if c in df.columns and df.schema[c] == pl.Null
+                         else pl.lit(None, dtype=pl.Float64).alias(c)
+                         for c in NUMERIC_FIELDS if c not in df.columns or df.schema[c] == pl.Null)
+    metric_keys.update(dict.fromkeys(c for c in NUMERIC_FIELDS if c not in metric_keys))
     first = [c for c in ID_COLUMNS if c in df.columns]
     tail = ["run_dir", "error", "error_file"]
     rest = [c for c in metric_cols + config_cols if c not in first and c not in tail]
@@ -316,7 +342,7 @@ def _check_predictions_file(path: Path) -> str | None:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
-                return f"{path} line {number}: not valid JSON: {err}"
+                return f"{path} line {number}: not valid JSON: {err.msg} at character {err.pos + 1}"
             if not isinstance(record, dict):
                 return f"{path} line {number}: expected a JSON object"
             if not isinstance(record.get("probe"), str):
@@ -336,7 +362,8 @@ def _unit_frame(files: list[str]) -> pl.LazyFrame:
     unit = (pl.when(pl.col("probe") == "paraphrase").then(pl.col("case_id"))
             .otherwise(pl.int_range(pl.len()).over("file").cast(pl.String)))
     return (lf.with_columns(unit=unit)
-            .group_by("file", "probe", "unit").agg(pl.col("score").mean(), pl.col("score").null_count().alias("nulls"))
+            # Units keep their order in the file, so a seeded bootstrap draws the same resamples on every run.
+            .group_by("file", "probe", "unit", maintain_order=True).agg(pl.col("score").mean(), pl.col("score").null_count().alias("nulls"))
             .with_columns(metric=pl.col("probe").replace_strict(_UNIT_PROBES)))
 
 

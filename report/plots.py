@@ -16,6 +16,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import FuncFormatter
 
+from report.tables import layers_label
+
 LABELS = {"reliability": "reliability", "generalization": "generalization", "locality": "locality",
           "multihop_accuracy": "multi-hop accuracy", "objective": "objective"}
 
@@ -23,6 +25,10 @@ LABELS = {"reliability": "reliability", "generalization": "generalization", "loc
 def slug(*parts) -> str:
     text = "-".join(str(p) for p in parts if p is not None and str(p) != "")
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "all"
+
+
+def _leading_digit(v: float) -> int:
+    return int(round(v / 10 ** np.floor(np.log10(v)))) if v > 0 else 0
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -67,7 +73,7 @@ def window_heatmap(cells: pl.DataFrame, metric: str, best: dict | None, title: s
     if best is not None and best.get("window_start") is not None:
         j, i = starts.index(best["window_start"]), widths.index(best["window_width"])
         ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5,
-                               label=f"best: layers {best['window']} = "
+                               label=f"best: {layers_label(best['window'])} = "
                                      f"{_fmt_ci(best['value'], best['ci_low'], best['ci_high'])}"))
         ax.plot([j + 0.32], [i + 0.3], marker="*", markersize=8, color="red", linestyle="none")
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False, fontsize=9)
@@ -92,6 +98,9 @@ def method_bars(methods: pl.DataFrame, metrics: tuple[str, ...], title: str, pat
         high = methods[f"{metric}_ci_high"].cast(pl.Float64).fill_null(np.nan).to_numpy()
         pos = x - 0.4 + width * (k + 0.5)
         ax.bar(pos, np.nan_to_num(values), width, label=LABELS.get(metric, metric))
+        for at in pos[np.isnan(values)]:
+            # A metric the trial does not have (no paraphrases in the data...) must not read as a zero bar.
+            ax.text(at, 0.01, "n/a", ha="center", va="bottom", fontsize=7, color="grey", rotation=90)
         has = ~np.isnan(low) & ~np.isnan(high) & ~np.isnan(values)
         if has.any():
             err = np.vstack([values[has] - low[has], high[has] - values[has]])
@@ -134,7 +143,7 @@ def cost_quality(trials: pl.DataFrame, cost: str, title: str, path: Path, max_la
         ax.set_xscale("log")
         plain = FuncFormatter(lambda v, _: f"{v:g}")
         ax.xaxis.set_major_formatter(plain)
-        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "25" else ""))
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if _leading_digit(v) in (2, 5) else ""))
     ax.set_xlabel("edit seconds per edit (lower is cheaper)")
     ax.set_ylabel("objective (higher is better)")
     ax.legend(fontsize=8, loc="lower right")

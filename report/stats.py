@@ -8,8 +8,10 @@ from typing import Hashable
 import numpy as np
 
 from chronosweep.errors import UserError
+from report import DEFAULT_OBJECTIVE
 
-DEFAULT_OBJECTIVE = "reliability+generalization+locality"
+__all__ = ["DEFAULT_OBJECTIVE", "Bootstrap", "Interval", "bootstrap_intervals", "pareto_mask", "parse_objective",
+           "resample_counts", "resample_indices"]
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,11 @@ def window_of(method: str | None, row: dict) -> tuple[int | None, int | None, st
     return None, None, None
 
 
+def layers_label(window: str) -> str:
+    """'12-17' -> 'layers 12-17', '5' -> 'layer 5'."""
+    return f"layer {window}" if window.isdigit() else f"layers {window}"
+
+
 def add_derived(df: pl.DataFrame, objective: list[str]) -> pl.DataFrame:
     """objective, window, compute hours and quality per compute hour, for every trial that has the inputs."""
     methods = [m for m in df["method"].drop_nulls().unique().to_list()]
@@ -109,7 +114,7 @@ def add_derived(df: pl.DataFrame, objective: list[str]) -> pl.DataFrame:
 
 def add_intervals(df: pl.DataFrame, units: pl.DataFrame, boot: Bootstrap) -> tuple[pl.DataFrame, list[str]]:
     """Add <metric>_ci_low/_ci_high/_n for every trial with predictions; warn where they disagree with metrics.json."""
-    units = units.sort("run_dir", "metric")
+    units = units.sort("run_dir", "metric", maintain_order=True)
     groups: dict[tuple[str, str], np.ndarray] = {}
     if units.height:
         for (run_dir, metric), part in units.group_by("run_dir", "metric", maintain_order=True):
@@ -168,7 +173,7 @@ def config_summaries(ok: pl.DataFrame, key: list[str], config_cols: list[str]) -
               and not c.startswith("config.")]
     out_dirs, out_text = [], []
     for part in ok.partition_by(key, maintain_order=True) if key else [ok]:
-        varying = [c for c in shared if part[c].cast(pl.String, strict=False).n_unique() > 1] if part.height > 1 else []
+        varying = [c for c in shared if part[c].n_unique() > 1] if part.height > 1 else []
         for r in part.iter_rows(named=True):
             m = r["method"]
             own = [c for c in config_cols if c.startswith(f"{m}.") and r.get(c) is not None]
@@ -204,9 +209,11 @@ def build_tables(df: pl.DataFrame, by: list[str], config_cols: list[str]) -> Tab
         basis=pl.when(pl.col("trials") > 1).then(pl.format("best of {} trials", pl.col("trials")))
         .otherwise(pl.lit("only trial")))
 
-    best_cols = key + ["trials", "trial", "objective", "window", "config", *UNIT_METRICS, COST, "experiment", "run_dir"]
-    methods_cols = key + ["trials", "basis", "trial", "objective", *_ci_columns(UNIT_METRICS)]
-    cost_cols = key + ["trial", COST, "compute_hours", "compute_unit", "trainable_params", "trainable_fraction",
+    # Trial names repeat across experiments (trial_00000...): name the experiment too when there are several.
+    who = ["experiment", "trial"] if df["experiment"].n_unique() > 1 and "experiment" not in groups else ["trial"]
+    best_cols = key + ["trials", *who, "objective", "window", "config", *UNIT_METRICS, COST, "run_dir"]
+    methods_cols = key + ["trials", "basis", *who, "objective", *_ci_columns(UNIT_METRICS)]
+    cost_cols = key + [*who, COST, "compute_hours", "compute_unit", "trainable_params", "trainable_fraction",
                        "peak_rss_mb", "peak_gpu_mb", "objective", "objective_per_compute_hour", "trials",
                        f"median_{COST}", "sweep_compute_hours"]
 
@@ -216,24 +223,25 @@ def build_tables(df: pl.DataFrame, by: list[str], config_cols: list[str]) -> Tab
     windows = (in_window.group_by(cell, maintain_order=True).first()
                .join(cell_counts, on=cell, how="left", nulls_equal=True)
                .sort(key + ["window_width", "window_start", "window"], nulls_last=True))
-    windows = _select(windows, cell + ["trials", "trial", "objective", *_ci_columns(WINDOW_METRICS)])
+    windows = _select(windows, cell + ["trials", *who, "objective", *_ci_columns(WINDOW_METRICS)])
 
     best_windows = []
     for metric in WINDOW_METRICS:
         cand = windows.filter(pl.col(metric).is_not_null()).sort(
             [metric, f"{metric}_ci_low", "window_width", "window_start"],
             descending=[True, True, False, False], nulls_last=True)
-        picked = cand.group_by(key, maintain_order=True).first()
+        ties = cand.group_by(key).agg((pl.col(metric) == pl.col(metric).max()).sum().alias("ties") - 1)
+        picked = cand.group_by(key, maintain_order=True).first().join(ties, on=key, how="left", nulls_equal=True)
         best_windows.append(picked.select(
             key + [pl.lit(metric).alias("metric"), "window", "window_start", "window_width",
                    pl.col(metric).alias("value"), pl.col(f"{metric}_ci_low").alias("ci_low"),
                    pl.col(f"{metric}_ci_high").alias("ci_high"), pl.col(f"{metric}_n").alias("n"),
-                   "trial", "trials"]))
+                   "ties", *who, "trials"]))
     best_windows = pl.concat(best_windows, how="vertical_relaxed").sort(key + ["metric"], nulls_last=True)
 
     front = ok.filter(pl.col("pareto")).sort(groups + [COST, "objective"] if groups else [COST, "objective"],
                                              nulls_last=True)
-    pareto = _select(front, groups + ["method", "trial", "window", COST, "objective", "compute_hours", "config"])
+    pareto = _select(front, groups + ["method", *who, "window", COST, "objective", "compute_hours", "config"])
 
     bad = df.filter(pl.col("status").is_in(["failed", "invalid"]))
     failures = _select(bad, groups + [c for c in ("experiment", "trial", "status", "error", "error_file")

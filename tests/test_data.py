@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 import chronosweep.data.files as data_files
-from chronosweep.config import DataConfig
+from chronosweep.config import DATASETS, DataConfig
 from chronosweep.data import BUNDLED, DataError, detect_layout, load_edits, read_edits, select, write_jsonl
 from chronosweep.data import command as data_command
 from chronosweep.data.dyknow import edit_from_answers
@@ -211,6 +211,7 @@ def test_layout_detected_from_keys(data_root, tmp_path):
         named = load(data_root, name).requests
         assert [r.target_new for r in parsed.requests] == [r.target_new for r in named]
     assert detect_layout([{"subject": "a", "prompt": "b", "target_new": "c"}]) == "chronosweep"
+    assert set(BUNDLED) == set(DATASETS)  # every name the config accepts has a file and a layout
 
 
 # --- malformed input ------------------------------------------------------------------------------------

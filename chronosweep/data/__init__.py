@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from chronosweep.config import DATASETS, DataConfig
+from chronosweep.config import DataConfig
 from chronosweep.data import dyknow, easyedit, jsonl, known, mquake
 from chronosweep.data.errors import DataError, type_name
 from chronosweep.data.files import bundled_file, read_json, read_jsonl
@@ -26,7 +26,6 @@ BUNDLED = {
     "counterfact": ("counterfact", "counterfact/counterfact-edit-1k.json"),
     "zsre": ("zsre", "zsre/zsre_mend_train-1k.json"),
 }
-assert set(BUNDLED) == set(DATASETS), "config.DATASETS and data.BUNDLED disagree"
 KNOWN_1000 = "known_1000/known_1000.json"
 
 LAYOUTS = ("dyknow", "mquake", "counterfact", "zsre", "chronosweep")

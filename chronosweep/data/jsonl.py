@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from chronosweep.data.errors import DataError, Fields, Problems, type_name
+from chronosweep.data.errors import Fields, Problems, type_name
 from chronosweep.data.parsed import Parsed
 from chronosweep.requests import EditRequest, Hop, LocalityProbe, MultiHop
 

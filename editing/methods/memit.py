@@ -1,0 +1,121 @@
+"""MEMIT: a batch of edits spread over a window of MLP down-projections, solved in closed form.
+
+Target hidden states z are optimised at the output of the window's last layer (editing.targets), all
+edits on the unedited model. Then, layer by layer, the remaining residual z - h is divided over the
+layers still to come and each down-projection gets the least-squares update
+    dW = R K^T (lambda C + K K^T)^-1
+with K the edits' keys at that layer (averaged over contexts) and C the cached key statistics, in fp64.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from chronosweep.archs import arch_for
+from chronosweep.models import ModelInfo
+from editing.base import EditContext, EditOutcome
+from editing.locate import (LocateOptions, add_to_weight, at_raw, build_rows, check_layer, down_proj,
+                            generate_prefixes, mean_keys, record)
+from editing.methods.rome import check_arch
+from editing.stats import second_moments
+from editing.targets import Site, optimize_targets
+
+# MEMIT/EasyEdit's lambda for 7B LLaMA and that model's MLP width: the default scales lambda by width,
+# since C's trace grows with it (15000 barely moves SmolLM2-135M; 15000 * 1536 / 11008 = 2093 does).
+REFERENCE_LAMBDA = 15000.0
+REFERENCE_MLP_WIDTH = 11008
+
+
+@dataclass
+class MemitOptions(LocateOptions):
+    # Rewritten layers, ascending; targets are optimised after the last. [4..8] is ROME/MEMIT's early-middle
+    # window (EasyEdit's LLaMA setting), which SmolLM2-135M's 30 layers share.
+    layers: list[int] = field(default_factory=lambda: [4, 5, 6, 7, 8])
+    # lambda of the lambda*C regulariser; null: 15000 * (MLP width / 11008), i.e. 2093 for SmolLM2-135M.
+    # Smaller lets the update move further from the unedited weights (higher reliability, less locality).
+    mom2_update_weight: float | None = None
+    # Edits whose target values are optimised together (memory bound, not a change in results).
+    batch_size: int = 32
+
+    def check(self, where: str, problems: list[str]) -> None:
+        super().check(where, problems)
+        if not self.layers:
+            problems.append(f"{where}.layers: must name at least one layer")
+        elif any(b <= a for a, b in zip(self.layers, self.layers[1:])):
+            problems.append(f"{where}.layers: must be strictly ascending, got {self.layers}")
+        if self.mom2_update_weight is not None and self.mom2_update_weight <= 0:
+            problems.append(f"{where}.mom2_update_weight: must be > 0 or null, got {self.mom2_update_weight}")
+        if self.batch_size < 1:
+            problems.append(f"{where}.batch_size: must be >= 1, got {self.batch_size}")
+
+
+def default_lambda(mlp_width: int) -> float:
+    return REFERENCE_LAMBDA * mlp_width / REFERENCE_MLP_WIDTH
+
+
+class MEMIT:
+    name = "memit"
+    Options = MemitOptions
+
+    def check(self, options: MemitOptions, info: ModelInfo, problems: list[str]) -> None:
+        if check_arch(self.name, info, problems):
+            for i, layer in enumerate(options.layers or []):
+                check_layer(f"{self.name}.layers[{i}]", layer, info, problems)
+
+    def edit(self, model, tokenizer, requests, options: MemitOptions, ctx: EditContext) -> EditOutcome:
+        arch = arch_for(ctx.info.model_type)
+        layers, device = list(options.layers), ctx.device
+        z_layer = layers[-1]
+        stats = second_moments(model, tokenizer, arch, layers, corpus=options.stats_corpus,
+                               samples=options.stats_samples, fingerprint=ctx.info.fingerprint,
+                               cache_dir=ctx.cache_dir, device=device)
+        width = down_proj(model, arch, layers[0]).weight.numel() // ctx.info.hidden_size
+        lam = options.mom2_update_weight if options.mom2_update_weight is not None else default_lambda(width)
+        prefixes = generate_prefixes(model, tokenizer, options.n_prefixes, options.prefix_tokens, ctx.config.seed, device)
+        chunks = [requests[i:i + options.batch_size] for i in range(0, len(requests), options.batch_size)]
+        history: list[dict] = []
+
+        t0 = time.perf_counter()
+        zs, missing = [], 0
+        for c, chunk in enumerate(chunks):
+            rows = build_rows(tokenizer, chunk, prefixes).to(device)
+            missing += rows.subject_found.count(False)
+            target = optimize_targets(model, arch, rows, Site("block", z_layer), options,
+                                      desc=f"memit z (batch {c + 1}/{len(chunks)})")
+            zs.append(target.target)
+            for j, req in enumerate(chunk):
+                history.append({"edit": len(history), "case_id": req.case_id, "layer": z_layer, **target.history[j],
+                                "subject_found": rows.subject_found[j], "truncated": target.truncated})
+        z = torch.cat(zs).double()
+        z_seconds = time.perf_counter() - t0
+        key_rows = [build_rows(tokenizer, chunk, prefixes, with_kl=False).to(device) for chunk in chunks]
+
+        for i, layer in enumerate(tqdm(layers, desc="memit layers", unit="layer", dynamic_ncols=True)):
+            t1 = time.perf_counter()
+            keys, now = [], []
+            for rows in key_rows:
+                # On the model as updated so far; stops after the target layer.
+                rec = record(model, arch, rows.input_ids, rows.attention_mask, mlp_layers=(layer,),
+                             block_out=(z_layer,), stop=True)
+                keys.append(mean_keys(rec.keys[layer], rows))
+                now.append(at_raw(rec.block_out[z_layer], rows))
+            k = torch.cat(keys).double()  # (edits, mlp width)
+            resid = (z - torch.cat(now).double()) / (len(layers) - i)  # (edits, hidden)
+            cov = stats[layer].mom2.to(device=device, dtype=torch.float64)
+            adj = torch.linalg.solve(lam * cov + k.T @ k, k.T)  # (mlp width, edits)
+            update = resid.T @ adj.T  # (hidden, mlp width)
+            add_to_weight(down_proj(model, arch, layer), arch, update)
+            history.append({"layer": layer, "lambda": lam, "residual_norm": float(resid.norm(dim=-1).mean()),
+                            "update_norm": float(update.norm()), "stats_cached": stats[layer].cached,
+                            "seconds": time.perf_counter() - t1})
+        history.append({"z_seconds": z_seconds, "n_edits": len(requests)})
+        if missing:
+            warnings.warn(f"memit: {missing} of {len(requests)} edit prompts do not contain their subject; "
+                          "their keys were read at the last prompt token instead", stacklevel=2)
+        trainable = sum(down_proj(model, arch, layer).weight.numel() for layer in set(layers))
+        return EditOutcome(model=model, trainable_params=trainable, history=history)

@@ -53,9 +53,15 @@ def plan(cfg: TrialConfig):
     info = resolve(cfg.model, cfg.revision, cfg.trust_remote_code, fetch=False)
     problems: list[str] = []
     method.check(cfg.options, info, problems)
+    try:
+        edits = load_edits(cfg.data)
+    except UserError as err:
+        if not problems:
+            raise
+        # Report the data problem together with the config's, so one fix-and-retry round is enough.
+        raise ConfigError([*problems, *str(err).splitlines()]) from err
     if problems:
         raise ConfigError(problems)
-    edits = load_edits(cfg.data)
     return method, info, edits
 
 
@@ -65,7 +71,10 @@ def _device_and_dtype(cfg: TrialConfig):
     cuda = torch.cuda.is_available()
     if cfg.device == "cuda" and not cuda:
         raise UserError("device: cuda was asked for but torch sees no CUDA device")
-    device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and cuda) else "cpu")
+    from editing.distributed import local_device
+
+    # Under a multi-GPU launch each rank owns cuda:LOCAL_RANK (DeepSpeed moves the model there).
+    device = local_device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and cuda) else "cpu")
     precision = cfg.precision
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"

@@ -23,6 +23,7 @@ from chronosweep.typed import deep_merge
 from editing.base import EditContext
 from editing.distributed import backend_for, process_group
 
+
 class DeepSpeedConfigError(UserError, ValueError):
     pass
 

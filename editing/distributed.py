@@ -42,9 +42,9 @@ def launch_from_env(environ=os.environ) -> Launch:
 
 
 def local_device(kind: str) -> torch.device:
-    """The device this rank owns: cuda:LOCAL_RANK under a launcher, the plain kind otherwise."""
+    """The device this rank owns: cuda:LOCAL_RANK under a launcher (DeepSpeed puts the model there), else kind."""
     if kind == "cuda":
-        return torch.device("cuda", launch_from_env().local_rank)
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device(kind)
 
 

@@ -51,6 +51,10 @@ class LocateOptions:
     stats_corpus: str = "model"
     # Tokens of that corpus the statistics are estimated over.
     stats_samples: int = 20000
+    # Keep the update off the keys after the subject (rest of the prompt, target tokens), so the edited
+    # model computes what the target optimisation assumed: only the subject token changes. ROME: exact
+    # constraints; MEMIT: extra least-squares rows with a zero target. False is the published method.
+    preserve_tail: bool = True
 
     def check(self, where: str, problems: list[str]) -> None:
         for name in ("v_num_grad_steps", "prefix_tokens", "stats_samples"):
@@ -356,3 +360,10 @@ def at_raw(tensor: torch.Tensor, rows: Rows) -> torch.Tensor:
     """(edits, dim): a recorded (rows, positions, dim) tensor at each edit's bare-prompt subject token."""
     raw = rows.raw_row.to(tensor.device)
     return tensor[raw, rows.lookup.to(tensor.device)[raw]].float()
+
+
+def tail_keys(keys: torch.Tensor, rows: Rows, edit: int = 0) -> torch.Tensor:
+    """(n, width): keys of an edit's bare-prompt row after its subject (rest of the prompt, target tokens)."""
+    row = int(rows.raw_row[edit])
+    end = int(rows.attention_mask[row].sum())
+    return keys[row, int(rows.lookup[row]) + 1: end].float()

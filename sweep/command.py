@@ -31,15 +31,18 @@ def register(sub) -> None:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from chronosweep.errors import UserError
-    from sweep.runner import SweepOptions, run_sweep
+    from sweep.runner import SweepOptions, check_data, pin_paths, run_sweep
     from sweep.spec import load_sweep
 
     if not args.name and not args.check:
         raise UserError("--name is required: it names the experiment folder under --storage")
+    if args.num_cpus is not None and args.address:
+        raise UserError("--num-cpus sizes the embedded local Ray; a cluster joined with --address has its own")
     if args.retry_failed and not args.resume:
         raise UserError("--retry-failed only applies with --resume")
     spec = load_sweep(args.sweep, args.overrides)
     if args.check:
+        check_data(pin_paths(spec.base_raw))
         keys = ", ".join(spec.space.keys()) or "(none)"
         print(f"sweep ok: {spec.num_trials} trial(s), search {spec.file.search}, objective "
               f"{spec.objective.describe()}, parameters {keys}")

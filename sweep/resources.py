@@ -4,7 +4,8 @@ A trial with at most one GPU (fractions included) is one Tune actor holding ``cp
 A trial with more workers (by default one per GPU when it asks for more than one GPU) trains as a Ray Train
 ``TorchTrainer``: the Tune actor is only its driver and holds DRIVER_CPUS, and Ray Train reserves one bundle
 per worker (``cpus / workers`` CPUs and one GPU each) in a placement group of its own. Tune does not see that
-second reservation, so the sweep caps concurrency at what the cluster's GPUs (and CPUs) can hold.
+second reservation, so without max_concurrent_trials the sweep caps concurrency at what the cluster's GPUs
+(and CPUs) hold when it starts.
 """
 
 from __future__ import annotations
@@ -97,8 +98,12 @@ def trials_that_fit(resources: Resources, cluster: dict[str, float]) -> int:
 
 
 def concurrency(resources: Resources, cluster: dict[str, float], requested: int | None) -> int | None:
-    """The max_concurrent_trials to give Tune: the user's, capped for distributed trials by what fits."""
-    if not resources.distributed:
+    """The max_concurrent_trials to give Tune.
+
+    The user's value wins (on an autoscaling cluster only they know how far it grows). Without one, Tune's own
+    limit (what the trial actors' requests allow) is right for single-process trials; distributed trials are
+    capped at what the cluster holds now, since Tune cannot see their Ray Train workers.
+    """
+    if requested or not resources.distributed:
         return requested
-    fit = max(1, trials_that_fit(resources, cluster))
-    return min(requested, fit) if requested else fit
+    return max(1, trials_that_fit(resources, cluster))

@@ -46,14 +46,16 @@ def _error_line(result, run: Location) -> str | None:
     return lines[-1] if lines else type(result.error).__name__
 
 
-def status_of(result) -> str:
+def status_of(result, early_stopping: bool) -> str:
     metrics = result.metrics or {}
     if _finite(metrics.get("objective")):
         return "ok"
     if result.error is not None:
         return "failed"
-    # Results but no objective: ASHA stopped it after some epochs. No results: it never ran.
-    return "stopped" if metrics.get("training_iteration") else "pending"
+    if not metrics.get("training_iteration"):
+        return "pending"
+    # Epoch reports but no final one: ASHA stopped it, or the driver was interrupted while it ran.
+    return "stopped" if early_stopping else "interrupted"
 
 
 @dataclass
@@ -101,7 +103,7 @@ def summarize(grid, spec, experiment: Location) -> Summary:
         run = trial_run_dir(experiment.uri, trial)
         values = spec.space.decode(((result.config or {}).get("params")) or {})
         metrics = result.metrics or {}
-        status = status_of(result)
+        status = status_of(result, spec.file.early_stopping is not None)
         row = {"trial": trial, "status": status}
         row.update({k: _cell(values.get(k)) for k in params})
         row["objective"] = metrics.get("objective") if status == "ok" else None
@@ -125,6 +127,9 @@ def summarize(grid, spec, experiment: Location) -> Summary:
         best_trial = best["trial"]
         text = trial_run_dir(experiment.uri, best_trial).child("config.yaml").read_text()
         best_config = yaml.safe_load(text) if text else None
+        if best_config is not None:
+            # The trial's thread count was its CPU share; rerun alone, torch may use the machine.
+            best_config["threads"] = spec.base_raw.get("threads")
     extra = [m for m in (*terms, *_SHOWN_METRICS) if m in frame.columns]
     shown = ["trial", "status", *[p for p in params if p in frame.columns], "objective",
              *dict.fromkeys(extra), "error"]

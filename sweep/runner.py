@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -18,8 +19,8 @@ import yaml
 
 from chronosweep.errors import UserError
 from sweep.results import Summary, summarize
-from sweep.spec import SweepSpec
-from sweep.storage import Location, join, normalize
+from sweep.spec import SAMPLERS, SweepSpec
+from sweep.storage import Location, is_remote, join, normalize
 from sweep.trainable import TrialPlan, run_point
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -43,9 +44,18 @@ class SweepOptions:
     num_cpus: int | None = None
 
 
+def in_ray_job() -> bool:
+    # The job supervisor hands its driver the job's config in this variable.
+    return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+
+
 def experiment_location(opts: SweepOptions) -> Location:
     if not NAME_RE.match(opts.name):
         raise UserError(f"--name {opts.name!r}: use letters, digits, '.', '_' and '-' (it names a folder)")
+    if in_ray_job() and not is_remote(opts.storage) and not Path(opts.storage).expanduser().is_absolute():
+        raise UserError(f"--storage {opts.storage}: inside a Ray job a relative folder lands in the job's unpacked "
+                        "working dir, which Ray deletes; pass an absolute path (a shared filesystem on a "
+                        "multi-node cluster) or a URI such as s3://BUCKET/sweeps")
     return Location(join(normalize(opts.storage), opts.name))
 
 
@@ -154,8 +164,6 @@ def _search(spec: SweepSpec):
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    from sweep.spec import SAMPLERS
-
     sampler_cls = getattr(optuna.samplers, SAMPLERS[spec.file.sampler])
     sampler = sampler_cls(seed=spec.file.seed, **spec.file.sampler_options)
     search = OptunaSearch(space=spec.space.define_by_run, metric="objective", mode=spec.objective.mode,
@@ -237,4 +245,7 @@ def run_sweep(spec: SweepSpec, opts: SweepOptions, progress=print) -> Summary:
         best = experiment.child("best.yaml").uri
         progress(f"best trial's config: {best}  (run it alone: chronosweep edit {best} --out DIR)")
     progress(f"all trials: {experiment.child('trials.csv').uri}")
+    unfinished = summary.counts.get("pending", 0) + summary.counts.get("interrupted", 0)
+    if unfinished:
+        progress(f"{unfinished} trial(s) did not finish: complete the sweep with the same command and --resume")
     return summary

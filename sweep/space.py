@@ -11,7 +11,6 @@ a categorical choice that is a list (a layer list for MEMIT) is sent as its JSON
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 from dataclasses import dataclass, field
@@ -240,12 +239,3 @@ def order_params(params: list[Param], problems: list[str], where: str) -> list[P
         ordered.append(ready[0])
         pending.remove(ready[0])
     return [params[i] for i in ordered]
-
-
-def combinations(params: list[Param], info: ModelInfo) -> Iterator[dict]:
-    """Cartesian product of the probe values of params (for validation of a few interacting parameters)."""
-    for parts in itertools.product(*(p.probes(info) for p in params)):
-        merged: dict = {}
-        for part in parts:
-            merged.update(part)
-        yield merged

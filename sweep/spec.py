@@ -149,13 +149,6 @@ class SweepSpec:
     def resources(self) -> Resources:
         return self.file.resources
 
-    def trial_raw(self, values: dict) -> dict:
-        """The raw trial config of one trial: base, then each sampled dotted key."""
-        raw = copy.deepcopy(self.base_raw)
-        for key, value in values.items():
-            set_dotted(raw, key, copy.deepcopy(value))
-        return raw
-
 
 def load_sweep(path: str | Path, overrides: list[str] | None = None, resolve_model=None) -> SweepSpec:
     """Read, override and validate a sweep file; raises ConfigError listing every problem."""
@@ -177,7 +170,10 @@ def _model_info(name: str, base: dict, resolve_model) -> ModelInfo:
 def parse_sweep(raw: dict, source: str, resolve_model=None) -> SweepSpec:
     problems: list[str] = []
     sweep = build(SweepFile, raw, "", problems)
-    if not isinstance(raw.get("base", {}), dict) or not isinstance(raw.get("space", {}), dict):
+    for key in ("base", "space"):
+        if not isinstance(raw.get(key, {}), dict):
+            problems.append(f"{key}: expected a mapping, got {raw[key]!r}")
+    if any(not isinstance(raw.get(key, {}), dict) for key in ("base", "space")):
         raise ConfigError(problems, source)
 
     base_raw = copy.deepcopy(sweep.base)
@@ -213,6 +209,9 @@ def parse_sweep(raw: dict, source: str, resolve_model=None) -> SweepSpec:
             if isinstance(p, FloatRange) and p.step is None:
                 problems.append(f"space.{p.key}: a grid cannot enumerate a continuous range; give step, or use "
                                 "type: categorical with the values to try")
+    if sweep.resources.distributed and base_resolved.get("engine") == "torch":
+        problems.append("base.engine: torch trains each worker on its own; a trial with several workers "
+                        f"(resources: {sweep.resources.num_workers}) needs engine deepspeed (or auto)")
     if sweep.max_concurrent_trials is not None and sweep.max_concurrent_trials < 1:
         problems.append(f"max_concurrent_trials: must be >= 1, got {sweep.max_concurrent_trials}")
     if sweep.max_failures < 0:
@@ -423,17 +422,23 @@ def _check_condition_keys(params: list[Param], base: dict, problems: list[str]) 
 
 
 def _contexts(p: Param, space: Space) -> list[dict]:
-    """Assignments of the keys p depends on (method, model, when-keys) under which p is active."""
-    options: dict[str, list] = {}
+    """Assignments of the parameters p depends on (method, model, when-keys) under which p is active."""
     owners = {k: q for q in space.params for k in q.outputs()}
     names = [c.key for c in p.when] + (["method"] if p.section_method else []) + ["model"]
-    for name in dict.fromkeys(names):
-        owner = owners.get(name)
-        if isinstance(owner, Categorical) and owner is not p:
-            options[name] = list(owner.values)
+    needed: list[Param] = []
+    for name in names:
+        q = owners.get(name)
+        if q is not None and q is not p and all(q is not other for other in needed):
+            needed.append(q)
     contexts = [{}]
-    for name, values in options.items():
-        contexts = [{**c, name: v} for c in contexts for v in values]
+    for q in needed:
+        if isinstance(q, Categorical):
+            options = [{q.key: v} for v in q.values]
+        elif isinstance(q, FloatRange) or (isinstance(q, IntRange) and (q.high - q.low) // q.step > 1000):
+            options = [space.decode(a) for a in q.probes(space.info_for({}))]
+        else:
+            options = [space.decode(a) for a in q.grid(space.info_for({}))]
+        contexts = [{**c, **o} for c in contexts for o in options]
     return [c for c in contexts if space.active(p, c)]
 
 

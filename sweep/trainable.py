@@ -8,7 +8,6 @@ instead of editing twice.
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,6 +97,3 @@ def run_point(config: dict, plan: TrialPlan) -> None:
         metrics = run_trial(cfg, local_run_dir(run), on_epoch=on_epoch, force=True)
     tune.report(final_report(metrics, plan, run))
 
-
-def is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -190,3 +190,22 @@ def test_two_ranks_shard_the_batch_and_stay_in_sync(tiny_model_dir, tmp_path):
         theirs = [tuple(x) for b in r1["seen"][2 * epoch:2 * epoch + 2] for x in b]
         assert len(mine) == len(theirs) == 3
         assert not set(mine) & set(theirs) and len(set(mine) | set(theirs)) == 6
+
+
+@pytest.mark.slow
+def test_default_model_lora_loss_is_engine_independent():
+    from chronosweep.config import load_config
+    from chronosweep.models import load, resolve
+    from editing.base import EditContext
+
+    histories = {}
+    for engine in ("torch", "deepspeed"):
+        cfg = load_config(None, ["method=lora", f"engine={engine}", "lora.epochs=2", "lora.batch_size=3"])
+        info = resolve(cfg.model)
+        ctx = EditContext(config=cfg, info=info, device=torch.device("cpu"), dtype=torch.float32, run_dir=None,
+                          cache_dir=Path("/nonexistent"))
+        model, tokenizer = load(info, ctx.device, ctx.dtype)
+        torch.manual_seed(0)
+        histories[engine] = [h["loss"] for h in get_method("lora").edit(model, tokenizer, tiny_requests(), cfg.options, ctx).history]
+    assert histories["torch"][-1] < histories["torch"][0]
+    assert histories["deepspeed"] == pytest.approx(histories["torch"], abs=1e-4)

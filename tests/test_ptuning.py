@@ -89,9 +89,10 @@ def test_teacher_forced_logits_skip_the_virtual_positions(prompted):
             torch.testing.assert_close(logits[row, : len(e["input_ids"])], alone, atol=1e-4, rtol=1e-4)
 
 
-def test_ptuning_trains_only_the_prompt_encoder_and_saves_it(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("engine", ["torch", "deepspeed"])
+def test_ptuning_trains_only_the_prompt_encoder_and_saves_it(tiny_model_dir, tmp_path, engine):
     cfg, ctx = make_ctx(tiny_model_dir, ["method=ptuning", "ptuning.num_virtual_tokens=4", "ptuning.encoder_hidden_size=16",
-                                         "ptuning.epochs=8", "ptuning.lr=1e-2", "ptuning.batch_size=3"])
+                                         "ptuning.epochs=8", "ptuning.lr=1e-2", "ptuning.batch_size=3", f"engine={engine}"])
     model, tokenizer = load_tiny(ctx)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     outcome = get_method("ptuning").edit(model, tokenizer, tiny_requests(), cfg.options, ctx)
@@ -117,3 +118,19 @@ def test_ptuning_options_are_checked(tiny_model_dir):
     make_ctx(tiny_model_dir, ["method=ptuning", "ptuning.encoder_type=lstm", "ptuning.encoder_num_layers=3"])
     with pytest.raises(ConfigError, match="encoder_num_layers: peft's MLP encoder has exactly 2"):
         make_ctx(tiny_model_dir, ["method=ptuning", "ptuning.encoder_num_layers=3"])
+
+
+@pytest.mark.slow
+def test_default_model_batched_generation_equals_one_prompt_at_a_time():
+    """On SmolLM2 a padded batch through peft's own generate changes most continuations; the wrapper's do not."""
+    from chronosweep.models import load, resolve
+
+    model, tokenizer = load(resolve("smollm2-135m"), torch.device("cpu"), torch.float32)
+    torch.manual_seed(0)
+    peft_model = get_peft_model(model, prompt_encoder_config(PtuningOptions(num_virtual_tokens=10)))
+    wrapped = VirtualPromptLM(peft_model).eval()
+    prompts = ["The capital of France is", "The name of the current Prime Minister of the United Kingdom is",
+               "The CEO of Apple is", "Lionel Messi plays for the football club called"]
+    alone = [generated(wrapped, tokenizer, [p])[0] for p in prompts]
+    assert alone == [stepwise(peft_model, tokenizer, p) for p in prompts]
+    assert generated(wrapped, tokenizer, prompts) == alone

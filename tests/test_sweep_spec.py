@@ -245,3 +245,20 @@ def test_shipped_sweeps_validate_against_the_default_model(path):
     spec = load_sweep(path)
     assert spec.num_trials >= 2
     assert spec.space.infos["smollm2-135m"].num_layers == 30
+
+
+def test_cli_reports_problems_without_a_traceback_and_checks(tmp_path, capsys, data_root):
+    from chronosweep.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"base": {"lora": {"rank": -1}}, "space": {"lora.rank": [2]}, "search": "grid",
+                                   "num_samples": 3}))
+    assert main(["sweep", str(bad), "--name", "x", "--storage", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "base.lora.rank" in err and "num_samples" in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
+
+    path = ROOT / "configs" / "sweeps" / "rank-targets-small.yaml"
+    assert main(["sweep", str(path), "--check", "--set", f"base.data.root={data_root}"]) == 0
+    assert "sweep ok: 6 trial(s), search grid" in capsys.readouterr().out
+    assert main(["sweep", str(path), "--name", "x", "--num-cpus", "2", "--address", "auto"]) == 2

@@ -36,7 +36,9 @@ class FullOptions:
     layer_start: int | None = None
     layer_width: int = 6
     # Every weight moves at once: a small rate and few epochs, or the model forgets what it knew.
-    lr: float = 2e-5
+    # On the default model (10 DyKnow edits) 5e-5 x 5 epochs reached reliability 0.9, locality_acc 0.82;
+    # 2e-5 gave 0.6 and 0.96.
+    lr: float = 5e-5
     epochs: int = 5
     batch_size: int = 8
     weight_decay: float = 0.0
@@ -52,7 +54,9 @@ class FreezeOptions:
     layer_width: int = 6
     # mlp: the window's MLP blocks only; all: every parameter of the window's layers.
     modules: Literal["mlp", "all"] = "mlp"
-    lr: float = 1e-4
+    # Default model, MLPs of layers 12-17, 10 edits: 3e-4 reached reliability 0.9, locality_acc 0.81;
+    # 1e-4 gave 0.5 and 0.90.
+    lr: float = 3e-4
     epochs: int = 10
     batch_size: int = 8
     weight_decay: float = 0.0

@@ -232,6 +232,6 @@ def test_rome_real_model(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the subject is in the prompt: no fallback warning
         outcome = get_method("rome").edit(model, tok, [req], cfg.options, ctx)
-    assert _greedy(model, tok, prompt, 4).startswith(" Giorgio Napolitano")
+    assert _greedy(model, tok, prompt, 10).startswith(" Giorgio Napolitano")
     assert _greedy(model, tok, unrelated, 2) == before
     assert outcome.trainable_params == 576 * 1536

@@ -21,6 +21,8 @@ def register(sub) -> None:
                         "embedded local Ray")
     p.add_argument("--resume", action="store_true",
                    help="finish an interrupted sweep of the same name: completed trials are kept, the rest run")
+    p.add_argument("--resume-if-exists", action="store_true",
+                   help="resume the sweep if it exists, else start it (a re-run finishes it or only re-reports)")
     p.add_argument("--retry-failed", action="store_true", help="with --resume: run failed trials again")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a sweep-file key, dotted (num_samples=4, base.data.limit=5); repeatable")
@@ -38,8 +40,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise UserError("--name is required: it names the experiment folder under --storage")
     if args.num_cpus is not None and args.address:
         raise UserError("--num-cpus sizes the embedded local Ray; a cluster joined with --address has its own")
-    if args.retry_failed and not args.resume:
-        raise UserError("--retry-failed only applies with --resume")
+    if args.retry_failed and not (args.resume or args.resume_if_exists):
+        raise UserError("--retry-failed only applies with --resume or --resume-if-exists")
     spec = load_sweep(args.sweep, args.overrides)
     if args.check:
         check_data(pin_paths(spec.base_raw))
@@ -48,6 +50,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
               f"{spec.objective.describe()}, parameters {keys}")
         return 0
     opts = SweepOptions(name=args.name, storage=args.storage, address=args.address, resume=args.resume,
+                        allow_resume=args.resume_if_exists,
                         retry_failed=args.retry_failed, num_cpus=args.num_cpus)
     summary = run_sweep(spec, opts)
     return 0 if summary.best_trial is not None else 1

@@ -12,7 +12,7 @@ import copy
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
@@ -38,6 +38,9 @@ class SweepOptions:
     # None: an embedded local Ray; "auto" inside a Ray job; host:port or ray://... to join a cluster.
     address: str | None = None
     resume: bool = False
+    # Resume when the experiment exists, start it when it does not (a re-run of the same command picks up
+    # where the last one stopped, or only re-reports a finished sweep).
+    allow_resume: bool = False
     # With resume: run failed trials again from scratch (else they stay failed).
     retry_failed: bool = False
     # CPUs of the embedded local Ray (default: every core of the machine).
@@ -223,6 +226,9 @@ def build_tuner(spec: SweepSpec, plan: TrialPlan, opts: SweepOptions, experiment
 
 def run_sweep(spec: SweepSpec, opts: SweepOptions, progress=print) -> Summary:
     experiment = experiment_location(opts)
+    if opts.allow_resume and not opts.resume and experiment.exists():
+        progress(f"sweep {opts.name} exists at {experiment.uri}: resuming it")
+        opts = replace(opts, resume=True)
     check_experiment(experiment, spec, opts.resume)
     base_raw = pin_paths(spec.base_raw)
     check_data(base_raw)

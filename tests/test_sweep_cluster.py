@@ -9,6 +9,7 @@ import ray
 import yaml
 
 from chronosweep.cli import build_parser
+from chronosweep.config import load_config
 from sweep.spec import load_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,3 +52,36 @@ def test_rayjob_manifest_runs_a_valid_sweep_command():
     assert runtime_env["env_vars"] == yaml.safe_load((CLUSTER / "runtime_env.yaml").read_text())["env_vars"]
     workers = spec["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
     assert workers["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+def _readme_commands(tool: str) -> list[list[str]]:
+    """Every `chronosweep ...` invocation in the README's shell blocks, joined over backslash continuations."""
+    text = (ROOT / "README.md").read_text()
+    commands = []
+    for block in text.split("```bash")[1:]:
+        body = block.split("```")[0].replace("\\\n", " ")
+        for line in body.splitlines():
+            for part in line.split("&&"):
+                argv = shlex.split(part.split("#")[0])
+                if any(a.startswith("[") for a in argv):  # a usage synopsis, not a command
+                    continue
+                if tool in argv:
+                    commands.append(argv[argv.index(tool) + 1:])
+                elif argv and argv[0].endswith("/" + tool):
+                    commands.append(argv[1:])
+    return commands
+
+
+def test_readme_chronosweep_commands_parse_and_name_shipped_files():
+    commands = _readme_commands("chronosweep")
+    assert len(commands) >= 6
+    for argv in commands:
+        args = build_parser().parse_args(argv)
+        if args.command == "sweep":
+            load_sweep(ROOT / args.sweep, args.overrides)
+        if args.command == "edit" and args.config:
+            load_config(ROOT / args.config, args.overrides)
+    # The first set-up command runs the small layer-window sweep and reports it.
+    first = commands[0]
+    assert first[:2] == ["sweep", "configs/sweeps/layers-multihop-small.yaml"]
+    assert commands[1][0] == "report" and commands[1][1].endswith("layers-multihop-small")

@@ -22,8 +22,9 @@ def register(sub) -> None:
     parser.add_argument("--format", dest="formats", nargs="+", action="extend", default=[],
                         choices=("md", "csv", "json"),
                         help="md (summary.md + summary.html) is always written; csv/json also write each table")
-    parser.add_argument("--objective", default=DEFAULT_OBJECTIVE,
-                        help="metrics whose mean ranks trials, joined by '+' (default: %(default)s)")
+    parser.add_argument("--objective", default=None,
+                        help="metrics whose mean ranks trials, joined by '+' (default: the sweeps' own objective "
+                             f"when they share one with equal weights, else {DEFAULT_OBJECTIVE})")
     parser.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples (default 1000)")
     parser.add_argument("--confidence", type=float, default=0.95, help="interval level (default 0.95)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
@@ -31,11 +32,44 @@ def register(sub) -> None:
     parser.set_defaults(func=cmd_report)
 
 
+def sweep_objective(experiments: list[Path]) -> tuple[str | None, str]:
+    """The objective the sweeps were run with, as '+'-joined metrics, when the report can rank by it.
+
+    The report's objective is a mean of metrics, higher is better: a sweep objective fits when every experiment
+    has the same metrics, equal positive weights and mode max. The second value says why not, otherwise.
+    """
+    import yaml
+
+    found = set()
+    for folder in experiments:
+        spec = folder / "sweep.yaml"
+        if not spec.is_file():
+            return None, f"{folder} is not a sweep (no sweep.yaml)"
+        objective = (yaml.safe_load(spec.read_text()) or {}).get("objective") or {}
+        weights = objective.get("weights") or ({objective["metric"]: 1.0} if objective.get("metric") else {})
+        if objective.get("mode", "max") != "max" or len({float(w) for w in weights.values()}) != 1 \
+                or float(next(iter(weights.values()))) <= 0:
+            return None, f"{spec}: objective {objective} is not an equal-weight maximum"
+        found.add("+".join(sorted(weights)))
+    if len(found) != 1:
+        return None, f"the sweeps' objectives differ ({', '.join(sorted(found))})"
+    return found.pop(), ""
+
+
 def cmd_report(args: argparse.Namespace) -> int:
+    from report import DEFAULT_OBJECTIVE
     from report.build import ReportOptions, make_report
     from report.stats import Bootstrap
 
-    options = ReportOptions(by=list(dict.fromkeys(args.by)), formats=args.formats or ["md"], objective=args.objective,
+    objective = args.objective
+    if objective is None:
+        objective, why = sweep_objective(list(args.experiments))
+        if objective is None:
+            objective = DEFAULT_OBJECTIVE
+            print(f"objective: {objective} ({why}; --objective chooses)")
+        else:
+            print(f"objective: {objective} (the sweep's own)")
+    options = ReportOptions(by=list(dict.fromkeys(args.by)), formats=args.formats or ["md"], objective=objective,
                             bootstrap=Bootstrap(args.bootstrap, args.seed, args.confidence), plots=not args.no_plots)
     result = make_report(args.experiments, args.out, options)
     counts = dict(result.trials.group_by("status").len().iter_rows())

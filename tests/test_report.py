@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+import yaml
 
 from chronosweep.errors import UserError
 from report.build import ReportOptions, make_report
@@ -428,3 +429,22 @@ def test_report_imports_without_ray_and_registers_cheaply():
             "assert not heavy, heavy; "
             "import report.build, report.plots; assert 'ray' not in sys.modules, 'report pulled in ray'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_report_ranks_by_the_sweeps_own_objective_when_it_can(tmp_path):
+    from report.command import sweep_objective
+
+    def sweep(name, objective):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "sweep.yaml").write_text(yaml.safe_dump({"objective": objective}))
+        return folder
+
+    a = sweep("a", {"weights": {"multihop_accuracy": 1.0, "hop_accuracy": 1.0}})
+    b = sweep("b", {"weights": {"multihop_accuracy": 2.0, "hop_accuracy": 2.0}, "mode": "max"})
+    assert sweep_objective([a, b]) == ("hop_accuracy+multihop_accuracy", "")
+    assert sweep_objective([sweep("c", {"metric": "reliability"})])[0] == "reliability"
+    assert sweep_objective([a, sweep("d", {"metric": "reliability"})])[0] is None
+    assert sweep_objective([sweep("e", {"weights": {"reliability": 1.0, "edit_seconds": -0.1}})])[0] is None
+    assert sweep_objective([sweep("f", {"metric": "edit_seconds", "mode": "min"})])[0] is None
+    assert sweep_objective([tmp_path / "not-a-sweep"])[0] is None

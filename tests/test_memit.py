@@ -14,31 +14,18 @@ from chronosweep.typed import ConfigError
 from editing.base import EditContext
 from editing.locate import down_proj, weight_out_in
 from editing.registry import get_method
-from tests.tiny_facts import FACTS, make_fact_model
+from tests.tiny_facts import FACTS, greedy, make_fact_model, one_thread  # noqa: F401 (autouse fixture)
 
 # One single-token new object per fact, no two edits trading objects.
 NEW = ["Amazon", "Apple", "Italy", "Germany", "Berlin", "Miami", "Paris", "York"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # See test_rome: one thread is faster for tiny matrices and robust on a shared CPU.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory):
     return make_fact_model(tmp_path_factory.mktemp("facts") / "llama", arch="llama")
 
-
-def _greedy(model, tok, prompt: str, n: int = 2) -> str:
-    ids = tok(prompt, return_tensors="pt").input_ids
-    with torch.no_grad():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False)
-    return tok.decode(out[0, ids.shape[1]:])
 
 
 def _run(path, cache, overrides, requests):
@@ -59,7 +46,7 @@ def test_memit_batch_of_eight_edits_all_land(llama_dir, tmp_path):
     overrides = ["memit.layers=[0,1,2]", "memit.batch_size=3"]
     model, tok, arch, before, outcome = _run(llama_dir, tmp_path, overrides, requests)
     for req in requests:
-        assert _greedy(model, tok, req.prompt).startswith(" " + req.target_new), req.prompt
+        assert greedy(model, tok, req.prompt, 2).startswith(" " + req.target_new), req.prompt
     # The window's layers changed, the layer after it did not; each rewritten matrix counts once.
     for layer in (0, 1, 2):
         assert not torch.equal(weight_out_in(down_proj(model, arch, layer), arch), before[layer])

@@ -22,17 +22,9 @@ from editing.base import EditContext
 from editing.locate import blocks, build_rows, down_proj, record, start_at, subject_last_token, weight_out_in
 from editing.registry import get_method
 from editing.stats import second_moments
-from tests.tiny_facts import FACTS, make_fact_model
+from tests.tiny_facts import FACTS, greedy, make_fact_model, one_thread  # noqa: F401 (autouse fixture)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny matrices gain nothing from a second thread, and on a shared CPU OpenMP's barriers make
-    # two threads many times slower than one.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +46,6 @@ def _setup(path, cache, overrides):
     return info, model, tok, cfg, ctx
 
 
-def _greedy(model, tok, prompt: str, n: int = 3) -> str:
-    ids = tok(prompt, return_tensors="pt").input_ids
-    with torch.no_grad():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False)
-    return tok.decode(out[0, ids.shape[1]:])
-
 
 def _next_logits(model, tok, prompt: str) -> torch.Tensor:
     with torch.no_grad():
@@ -71,16 +57,16 @@ def test_rome_edit_lands_with_a_rank_one_change_and_leaves_other_facts(arch_dir,
     info, model, tok, cfg, ctx = _setup(request.getfixturevalue(arch_dir), tmp_path, ["rome.layer=1"])
     arch = arch_for(info.model_type)
     prompt, old, _ = FACTS[2]  # "The CEO of Amazon is" -> " Andy Jassy"
-    assert _greedy(model, tok, prompt).startswith(old)
+    assert greedy(model, tok, prompt).startswith(old)
     others = [p for p, _, _ in FACTS if p != prompt]
-    before = {p: (_greedy(model, tok, p), _next_logits(model, tok, p)) for p in others}
+    before = {p: (greedy(model, tok, p), _next_logits(model, tok, p)) for p in others}
     weight = down_proj(model, arch, 1).weight
     w0 = weight_out_in(down_proj(model, arch, 1), arch).detach().clone()
 
     req = EditRequest(case_id="t:amazon", subject=prompt, prompt=prompt, target_new="Tim Cook")
     outcome = get_method("rome").edit(model, tok, [req], cfg.options, ctx)
 
-    assert _greedy(model, tok, prompt).startswith(" Tim Cook")
+    assert greedy(model, tok, prompt).startswith(" Tim Cook")
     delta = weight_out_in(down_proj(model, arch, 1), arch).detach() - w0
     assert torch.linalg.matrix_rank(delta.double(), rtol=1e-6).item() == 1
     assert outcome.trainable_params == weight.numel()
@@ -88,7 +74,7 @@ def test_rome_edit_lands_with_a_rank_one_change_and_leaves_other_facts(arch_dir,
     for p in others:
         text, logits = before[p]
         after = _next_logits(model, tok, p)
-        assert _greedy(model, tok, p) == text, p
+        assert greedy(model, tok, p) == text, p
         # The next-token distribution of unrelated prompts stays close (KL in nats).
         kl = torch.nn.functional.kl_div(after.log_softmax(-1), logits.log_softmax(-1), log_target=True, reduction="sum")
         assert kl.item() < 0.1, (p, kl.item())
@@ -101,8 +87,8 @@ def test_rome_edits_apply_one_after_another(llama_dir, tmp_path):
     arch = arch_for(info.model_type)
     w0 = weight_out_in(down_proj(model, arch, 1), arch).detach().clone()
     outcome = get_method("rome").edit(model, tok, reqs, cfg.options, ctx)
-    assert _greedy(model, tok, FACTS[2][0]).startswith(" Tim Cook")
-    assert _greedy(model, tok, FACTS[4][0]).startswith(" Berlin")
+    assert greedy(model, tok, FACTS[2][0]).startswith(" Tim Cook")
+    assert greedy(model, tok, FACTS[4][0]).startswith(" Berlin")
     # Two rank-one updates of the same matrix; it is counted once.
     delta = weight_out_in(down_proj(model, arch, 1), arch).detach() - w0
     assert torch.linalg.matrix_rank(delta.double(), rtol=1e-6).item() == 2
@@ -120,7 +106,7 @@ def test_subject_missing_from_prompt_falls_back_to_last_token(llama_dir, tmp_pat
     with pytest.warns(UserWarning, match="do not contain their subject"):
         outcome = get_method("rome").edit(model, tok, [req], cfg.options, ctx)
     assert outcome.history[0]["subject_found"] is False
-    assert _greedy(model, tok, prompt).startswith(" Berlin")
+    assert greedy(model, tok, prompt).startswith(" Berlin")
 
 
 def test_subject_last_token_and_rows(llama_dir):
@@ -227,11 +213,11 @@ def test_rome_real_model(tmp_path):
                       cache_dir=tmp_path)
     prompt = "The head of state in Italy is"
     unrelated = "The capital of France is"
-    before = _greedy(model, tok, unrelated, 2)
+    before = greedy(model, tok, unrelated, 2)
     req = EditRequest(case_id="dyknow:it", subject="Italy", prompt=prompt, target_new="Giorgio Napolitano")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the subject is in the prompt: no fallback warning
         outcome = get_method("rome").edit(model, tok, [req], cfg.options, ctx)
-    assert _greedy(model, tok, prompt, 10).startswith(" Giorgio Napolitano")
-    assert _greedy(model, tok, unrelated, 2) == before
+    assert greedy(model, tok, prompt, 10).startswith(" Giorgio Napolitano")
+    assert greedy(model, tok, unrelated, 2) == before
     assert outcome.trainable_params == 576 * 1536

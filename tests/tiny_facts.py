@@ -9,10 +9,32 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from tests.tiny import CORPUS, make_tiny_model
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Import into a test module to run its tests on one torch thread.
+
+    Tiny matrices gain nothing from a second thread, and on a shared CPU OpenMP's barriers make two
+    threads many times slower than one.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def greedy(model, tok, prompt: str, n: int = 3) -> str:
+    """The model's greedy continuation of one unpadded prompt, n tokens."""
+    ids = tok(prompt, return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False)
+    return tok.decode(out[0, ids.shape[1]:])
+
 
 # Sentences the trained model completes, as (prompt, answer, subject).
 FACTS = [

@@ -148,6 +148,9 @@ def test_a_sweep_name_is_never_reused_without_resume(tiny_model_dir, data_root, 
     (tmp_path / "sweeps" / "taken" / "sweep.yaml").write_text(yaml.safe_dump({**spec.raw, "space": {"lora.rank": [8]}}))
     with pytest.raises(UserError, match="changed: space.lora.rank"):
         run_sweep(spec, SweepOptions(name="taken", storage=str(tmp_path / "sweeps"), resume=True))
+    # --resume-if-exists resumes an existing sweep under the same checks.
+    with pytest.raises(UserError, match="changed: space.lora.rank"):
+        run_sweep(spec, SweepOptions(name="taken", storage=str(tmp_path / "sweeps"), allow_resume=True))
 
 
 def _kill_tree(proc: subprocess.Popen) -> None:
@@ -202,6 +205,11 @@ def test_resume_after_the_driver_is_killed(tiny_model_dir, data_root, tmp_path, 
         assert p.read_text() == text and p.stat().st_mtime_ns == stamps[p]
     windows = sorted(zip(summary.frame["lora.layer_start"], summary.frame["lora.layer_width"]))
     assert windows == [(0, 2), (1, 2), (2, 2)]
+    # The README's re-runnable form: a finished sweep is only re-tabulated, no trial runs again.
+    finished = {p: p.stat().st_mtime_ns for p in experiment.glob("trial_*/run/metrics.json")}
+    again = run_sweep(load_sweep(path), SweepOptions(name="resume", storage=str(storage), allow_resume=True, num_cpus=1))
+    assert again.counts == {"ok": 3}
+    assert {p: p.stat().st_mtime_ns for p in experiment.glob("trial_*/run/metrics.json")} == finished
     assert signal.SIGKILL  # the driver above died by SIGKILL, not a graceful Ctrl-C
 
 

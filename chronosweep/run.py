@@ -169,7 +169,7 @@ def _execute(cfg, run_dir, method, info, edits, on_epoch, progress) -> dict:
         outcome.save(run_dir)
 
     t0 = time.perf_counter()
-    post = measure(outcome.model, tokenizer, probes, cfg.eval, device, outcome.generate_kwargs, desc="post-edit")
+    post = measure(outcome.model, tokenizer, probes, cfg.eval, device, desc="post-edit")
     eval_seconds = time.perf_counter() - t0
     metrics, pre_metrics, rows = score(probes, pre, post)
     with open(run_dir / "predictions.jsonl", "w") as fh:

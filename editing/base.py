@@ -33,9 +33,6 @@ class EditOutcome:
     model: torch.nn.Module
     # Parameters the method changes: trained weights for gradient methods, rewritten matrices for ROME/MEMIT.
     trainable_params: int
-    # Extra keyword arguments generation needs for this model (none so far: P-tuning hands over a wrapper
-    # whose generate() is already right, see editing.methods.ptuning).
-    generate_kwargs: dict[str, Any] = field(default_factory=dict)
     # One dict per epoch (gradient methods) or per edit (ROME/MEMIT): loss and whatever else the method tracks.
     history: list[dict] = field(default_factory=list)
     # Writes the method's artifact (a PEFT adapter directory, ...) under the given folder.

@@ -33,11 +33,10 @@ def _prompts(probes: list[Probe]) -> list[str]:
     return list(seen)
 
 
-def measure(model, tokenizer, probes: list[Probe], cfg: EvalConfig, device, generate_kwargs=None,
-            desc: str = "eval") -> Measurement:
+def measure(model, tokenizer, probes: list[Probe], cfg: EvalConfig, device, desc: str = "eval") -> Measurement:
     prompts = _prompts(probes)
     texts = greedy_continuations(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, device,
-                                 generate_kwargs, desc=f"{desc}: generate")
+                                 desc=f"{desc}: generate")
     tf_index = [i for i, p in enumerate(probes) if p.tf_target is not None]
     tf = teacher_forced_top_tokens(model, tokenizer, [probes[i].prompt for i in tf_index],
                                    [probes[i].tf_target for i in tf_index], cfg.batch_size, device)

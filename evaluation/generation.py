@@ -13,7 +13,7 @@ def _batches(order: list[int], size: int):
 
 @torch.no_grad()
 def greedy_continuations(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int,
-                         device, generate_kwargs: dict | None = None, desc: str = "generate") -> list[str]:
+                         device, desc: str = "generate") -> list[str]:
     """Greedy continuation of every prompt; batches are formed from prompts of similar length to waste little padding."""
     if not prompts:
         return []
@@ -21,7 +21,6 @@ def greedy_continuations(model, tokenizer, prompts: list[str], max_new_tokens: i
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[str] = [""] * len(prompts)
     kwargs = {"do_sample": False, "max_new_tokens": max_new_tokens, "pad_token_id": tokenizer.pad_token_id}
-    kwargs.update(generate_kwargs or {})
     for idx in tqdm(list(_batches(order, batch_size)), desc=desc, unit="batch", leave=False, dynamic_ncols=True):
         enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True).to(device)
         gen = model.generate(**enc, **kwargs)

@@ -170,10 +170,9 @@ def _model_info(name: str, base: dict, resolve_model) -> ModelInfo:
 def parse_sweep(raw: dict, source: str, resolve_model=None) -> SweepSpec:
     problems: list[str] = []
     sweep = build(SweepFile, raw, "", problems)
-    for key in ("base", "space"):
-        if not isinstance(raw.get(key, {}), dict):
-            problems.append(f"{key}: expected a mapping, got {raw[key]!r}")
-    if any(not isinstance(raw.get(key, {}), dict) for key in ("base", "space")):
+    not_mappings = [key for key in ("base", "space") if not isinstance(raw.get(key, {}), dict)]
+    problems += [f"{key}: expected a mapping, got {raw[key]!r}" for key in not_mappings]
+    if not_mappings:
         raise ConfigError(problems, source)
 
     base_raw = copy.deepcopy(sweep.base)

@@ -55,7 +55,7 @@ def main() -> int:
 
 
 def _model_path(name: str) -> str:
-    from chronosweep.models import resolve
+    from chronosweep.core.models import resolve
 
     return resolve(name).path
 

@@ -30,9 +30,9 @@ TARGETS = {
 def time_stats(cfg_rome, cfg_memit, cold: bool) -> dict:
     import torch
 
-    from chronosweep.archs import arch_for
-    from chronosweep.models import cache_dir, load, resolve
-    from editing.stats import second_moments
+    from chronosweep.core.archs import arch_for
+    from chronosweep.core.models import cache_dir, load, resolve
+    from chronosweep.editing.stats import second_moments
 
     info = resolve(cfg_rome.model)
     model, tok = load(info, torch.device("cpu"), torch.float32)
@@ -74,8 +74,8 @@ def main() -> int:
 
     import torch
 
-    from chronosweep.config import load_config
-    from chronosweep.run import run_trial
+    from chronosweep.trial.config import load_config
+    from chronosweep.trial.run import run_trial
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -41,6 +41,16 @@ def _config(method: str, i: int, rng) -> dict:
     return cfg
 
 
+def _layers(options: dict) -> list[int]:
+    if "layers" in options:
+        return list(options["layers"])
+    if "layer" in options:
+        return [options["layer"]]
+    if "layer_start" in options:
+        return list(range(options["layer_start"], options["layer_start"] + options["layer_width"]))
+    return []
+
+
 def _predictions(rng, p: dict) -> tuple[list[dict], dict]:
     rows, rel, gen, loc, mh = [], [], [], [], []
     for e in range(20):
@@ -103,7 +113,7 @@ def make_experiment(root: Path, n_trials: int, seed: int = 0) -> Path:
                    "total_params": 134515008, "trainable_fraction": 1013760 / 134515008, "peak_rss_mb": 1200.0,
                    "peak_gpu_mb": None, "device": "cpu", "n_gpus": 0, "threads": 2,
                    "history": [{"epoch": e, "loss": 1.0 / (e + 1)} for e in range(25)], "config": cfg,
-                   "versions": {"torch": "2.13.0"}}
+                   "versions": {"torch": "2.13.0"}, "scoring_version": 2, "edited_layers": _layers(cfg[method])}
         (run / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return exp
 

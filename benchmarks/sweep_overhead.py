@@ -58,8 +58,8 @@ def main() -> int:
     import polars as pl
     import yaml
 
-    from sweep.runner import SweepOptions, run_sweep
-    from sweep.spec import load_sweep
+    from chronosweep.sweep.runner import SweepOptions, run_sweep
+    from chronosweep.sweep.spec import load_sweep
 
     storage = args.storage or tempfile.mkdtemp(prefix="sweep-overhead-")
     path = Path(storage) / "sweep_overhead.yaml"

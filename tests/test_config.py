@@ -1,9 +1,8 @@
 import pytest
 
-from chronosweep.config import load_config
-from chronosweep.models import resolve
-from chronosweep.typed import ConfigError
-from editing.registry import get_method
+from chronosweep.core.models import resolve
+from chronosweep.core.typed import ConfigError
+from chronosweep.trial.config import load_config
 
 
 def test_defaults_are_the_demo_trial():
@@ -44,9 +43,9 @@ def test_layer_window_must_fit_the_model():
     info = resolve("smollm2-135m", fetch=False)  # 30 layers, known without loading weights
     cfg = load_config(None, ["lora.layer_start=27", "lora.layer_width=6"])
     problems: list[str] = []
-    get_method("lora").check(cfg.options, info, problems)
+    cfg.options.check_model("lora", info, problems)
     assert problems and "27..32 runs past the last layer (29)" in problems[0]
     ok = load_config(None, ["lora.layer_start=24", "lora.layer_width=6"])
     problems = []
-    get_method("lora").check(ok.options, info, problems)
+    ok.options.check_model("lora", info, problems)
     assert problems == []

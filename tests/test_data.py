@@ -10,9 +10,9 @@ import shutil
 import pytest
 
 import chronosweep.data.files as data_files
-from chronosweep.config import DATASETS, DataConfig
 from chronosweep.data import BUNDLED, DataError, detect_layout, load_edits, read_edits, select, write_jsonl
 from chronosweep.data import command as data_command
+from chronosweep.data.config import DataConfig
 from chronosweep.data.dyknow import edit_from_answers
 from chronosweep.data.files import ORIGINS, sha256
 
@@ -211,7 +211,14 @@ def test_layout_detected_from_keys(data_root, tmp_path):
         named = load(data_root, name).requests
         assert [r.target_new for r in parsed.requests] == [r.target_new for r in named]
     assert detect_layout([{"subject": "a", "prompt": "b", "target_new": "c"}]) == "chronosweep"
-    assert set(BUNDLED) == set(DATASETS)  # every name the config accepts has a file and a layout
+    # Every name the config accepts has a file and a layout: the config takes its names from the catalog.
+    for name in BUNDLED:
+        problems: list[str] = []
+        DataConfig(name=name).check("data", problems)
+        assert problems == []
+    problems = []
+    DataConfig(name="no-such-set").check("data", problems)
+    assert len(problems) == 1 and "neither a bundled dataset" in problems[0]
 
 
 # --- malformed input ------------------------------------------------------------------------------------

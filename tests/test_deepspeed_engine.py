@@ -16,11 +16,11 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
-from chronosweep.typed import ConfigError
-from editing.deepspeed_engine import DeepSpeedConfigError, build_ds_config
-from editing.distributed import LAUNCH_VARS, free_port
-from editing.registry import get_method
-from editing.training import shard
+from chronosweep.core.typed import ConfigError
+from chronosweep.editing.deepspeed_engine import DeepSpeedConfigError, build_ds_config
+from chronosweep.editing.distributed import LAUNCH_VARS, free_port
+from chronosweep.editing.registry import get_method
+from chronosweep.editing.training import shard
 from tests.trainkit import load_tiny, make_ctx, tiny_requests
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,7 +148,7 @@ def test_zero3_hands_back_whole_parameters(tiny_model_dir):
 WORKER = """
 import json, sys, torch
 sys.path.insert(0, {root!r})
-import editing.training as training
+import chronosweep.editing.training as training
 from tests.test_deepspeed_engine import lora_trial, lora_weights
 from pathlib import Path
 seen = []
@@ -194,18 +194,19 @@ def test_two_ranks_shard_the_batch_and_stay_in_sync(tiny_model_dir, tmp_path):
 
 @pytest.mark.slow
 def test_default_model_lora_loss_is_engine_independent():
-    from chronosweep.config import load_config
-    from chronosweep.models import load, resolve
-    from editing.base import EditContext
+    from chronosweep.core.models import load, resolve
+    from chronosweep.editing.base import EditContext
+    from chronosweep.trial.config import load_config
 
     histories = {}
     for engine in ("torch", "deepspeed"):
         cfg = load_config(None, ["method=lora", f"engine={engine}", "lora.epochs=2", "lora.batch_size=3"])
         info = resolve(cfg.model)
-        ctx = EditContext(config=cfg, info=info, device=torch.device("cpu"), dtype=torch.float32, run_dir=None,
+        ctx = EditContext(runtime=cfg.runtime(), info=info, device=torch.device("cpu"), dtype=torch.float32, run_dir=None,
                           cache_dir=Path("/nonexistent"))
         model, tokenizer = load(info, ctx.device, ctx.dtype)
         torch.manual_seed(0)
-        histories[engine] = [h["loss"] for h in get_method("lora").edit(model, tokenizer, tiny_requests(), cfg.options, ctx).history]
+        outcome = get_method("lora").edit(model, tokenizer, tiny_requests(), cfg.options, ctx)
+        histories[engine] = [h["loss"] for h in outcome.history]
     assert histories["torch"][-1] < histories["torch"][0]
     assert histories["deepspeed"] == pytest.approx(histories["torch"], abs=1e-4)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from editing.registry import get_method
+from chronosweep.editing.registry import get_method
 from tests.trainkit import load_tiny, make_ctx, tiny_requests
 
 # Weight decay moves every trained element, even embedding rows no edit uses, so "changed" means "trained".
@@ -67,5 +67,5 @@ def test_full_with_a_window_trains_that_window_on_deepspeed(tiny_model_dir, tmp_
 def test_windows_past_the_last_layer_are_refused(tiny_model_dir, method):
     cfg, ctx = make_ctx(tiny_model_dir, [f"method={method}", f"{method}.layer_start=3", f"{method}.layer_width=2"])
     problems: list[str] = []
-    get_method(method).check(cfg.options, ctx.info, problems)
+    cfg.options.check_model(method, ctx.info, problems)
     assert problems and "window 3..4 runs past the last layer (3)" in problems[0]

@@ -1,4 +1,4 @@
-from evaluation.matching import contains_answer, normalize, starts_with_answer
+from chronosweep.evaluation.matching import contains_answer, normalize, starts_with_answer
 
 
 def test_normalize_ignores_case_space_and_edge_punctuation():

@@ -6,14 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from chronosweep.archs import arch_for
-from chronosweep.config import load_config
-from chronosweep.models import load, resolve
-from chronosweep.requests import EditRequest
-from chronosweep.typed import ConfigError
-from editing.base import EditContext
-from editing.locate import down_proj, weight_out_in
-from editing.registry import get_method
+from chronosweep.core.archs import arch_for
+from chronosweep.core.models import load, resolve
+from chronosweep.core.requests import EditRequest
+from chronosweep.core.typed import ConfigError
+from chronosweep.editing.base import EditContext
+from chronosweep.editing.locate import down_proj, weight_out_in
+from chronosweep.editing.registry import get_method
+from chronosweep.trial.config import load_config
 from tests.tiny_facts import FACTS, greedy, make_fact_model, one_thread  # noqa: F401 (autouse fixture)
 
 # One single-token new object per fact, no two edits trading objects.
@@ -32,7 +32,7 @@ def _run(path, cache, overrides, requests):
     info = resolve(str(path))
     model, tok = load(info, torch.device("cpu"), torch.float32)
     cfg = load_config(None, ["method=memit", "memit.stats_samples=2048", *overrides])
-    ctx = EditContext(config=cfg, info=info, device=torch.device("cpu"), dtype=torch.float32, run_dir=None,
+    ctx = EditContext(runtime=cfg.runtime(), info=info, device=torch.device("cpu"), dtype=torch.float32, run_dir=None,
                       cache_dir=cache)
     arch = arch_for(info.model_type)
     before = {layer: weight_out_in(down_proj(model, arch, layer), arch).detach().clone() for layer in range(4)}
@@ -65,7 +65,7 @@ def test_memit_reuses_statistics_rome_computed(llama_dir, tmp_path):
     info = resolve(str(llama_dir))
     model, tok = load(info, torch.device("cpu"), torch.float32)
     cfg = load_config(None, ["method=rome", "rome.layer=1", "rome.stats_samples=2048"])
-    ctx = EditContext(config=cfg, info=info, device=torch.device("cpu"), dtype=torch.float32, run_dir=None,
+    ctx = EditContext(runtime=cfg.runtime(), info=info, device=torch.device("cpu"), dtype=torch.float32, run_dir=None,
                       cache_dir=tmp_path)
     assert get_method("rome").edit(model, tok, [req], cfg.options, ctx).history[0]["stats_cached"] is False
     _, _, _, _, outcome = _run(llama_dir, tmp_path, ["memit.layers=[1,2]"], [req])
@@ -83,8 +83,8 @@ def test_memit_options_are_checked():
     cfg = load_config(None, ["method=memit", "memit.layers=[4,5,6,7,8]"])
     info = resolve("smollm2-135m", fetch=False)
     problems: list[str] = []
-    get_method("memit").check(cfg.options, info, problems)
+    cfg.options.check_model("memit", info, problems)
     assert problems == []
     cfg = load_config(None, ["method=memit", "memit.layers=[28,29,30]"])
-    get_method("memit").check(cfg.options, info, problems)
+    cfg.options.check_model("memit", info, problems)
     assert len(problems) == 1 and "memit.layers[2]" in problems[0] and "0..29" in problems[0]

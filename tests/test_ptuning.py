@@ -6,10 +6,11 @@ import pytest
 import torch
 from peft import PeftModel, get_peft_model
 
-from chronosweep.typed import ConfigError
-from editing.examples import collate, encode_example
-from editing.methods.ptuning import PtuningOptions, VirtualPromptLM, prompt_encoder_config
-from editing.registry import get_method
+from chronosweep.core.tokens import collate, encode_example
+from chronosweep.core.typed import ConfigError
+from chronosweep.editing.methods.ptuning.method import VirtualPromptLM, prompt_encoder_config
+from chronosweep.editing.methods.ptuning.options import PtuningOptions
+from chronosweep.editing.registry import get_method
 from tests.trainkit import load_tiny, make_ctx, tiny_requests
 
 PROMPTS = ["The President of Italy is", "The CEO of Amazon is the person who", "Lionel Messi plays for the"]
@@ -123,7 +124,7 @@ def test_ptuning_options_are_checked(tiny_model_dir):
 @pytest.mark.slow
 def test_default_model_batched_generation_equals_one_prompt_at_a_time():
     """On SmolLM2 a padded batch through peft's own generate changes most continuations; the wrapper's do not."""
-    from chronosweep.models import load, resolve
+    from chronosweep.core.models import load, resolve
 
     model, tokenizer = load(resolve("smollm2-135m"), torch.device("cpu"), torch.float32)
     torch.manual_seed(0)

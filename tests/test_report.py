@@ -11,9 +11,9 @@ import polars as pl
 import pytest
 import yaml
 
-from chronosweep.errors import UserError
-from report.build import ReportOptions, make_report
-from report.stats import Bootstrap, bootstrap_intervals, pareto_mask
+from chronosweep.core.errors import UserError
+from chronosweep.report.build import ReportOptions, make_report
+from chronosweep.report.stats import Bootstrap, bootstrap_intervals, pareto_mask
 
 BOOT = Bootstrap(n_resamples=500, seed=7)
 
@@ -75,10 +75,22 @@ def write_run(run: Path, method: str = "lora", options: dict | None = None, pred
             "pre": {"reliability": 0.0}, "edit_seconds": 10.0, "eval_seconds": 5.0, "edit_seconds_per_edit": 5.0,
             "trainable_params": 1000, "total_params": 100000, "trainable_fraction": 0.01, "peak_rss_mb": 1234.0,
             "peak_gpu_mb": None, "device": "cpu", "n_gpus": 0, "threads": 2,
-            "history": [{"epoch": 0, "loss": 1.0}], "config": config, "versions": {"torch": "2.13.0"}}
+            "history": [{"epoch": 0, "loss": 1.0}], "config": config, "versions": {"torch": "2.13.0"},
+            "edited_layers": _layers(options or {})}
     body.update(metrics)
     (run / "metrics.json").write_text(json.dumps(body, indent=2))
     return run
+
+
+def _layers(options: dict) -> list[int]:
+    """The layers a real run reports as edited, from the method options the builder was given."""
+    if isinstance(options.get("layers"), list):
+        return sorted(options["layers"])
+    if isinstance(options.get("layer"), int):
+        return [options["layer"]]
+    if isinstance(options.get("layer_start"), int):
+        return list(range(options["layer_start"], options["layer_start"] + options.get("layer_width", 1)))
+    return []
 
 
 def tune_trial(exp: Path, name: str, params: dict, **run_kwargs) -> Path:
@@ -315,7 +327,7 @@ def test_half_finished_experiment_reports_what_it_has_and_lists_failures(tmp_pat
 
 
 def test_error_summaries_keep_the_message():
-    from report.load import error_summary
+    from chronosweep.report.load import error_summary
 
     config_error = ("ConfigError: invalid config (2 problems):\n  - lora.rank: must be >= 1, got 0\n"
                     "  - lora.lr: must be > 0, got 0.0\n\nTraceback (most recent call last):\n  File 'x'\n")
@@ -424,15 +436,15 @@ def test_report_imports_without_ray_and_registers_cheaply():
     import subprocess
     import sys
 
-    code = ("import argparse, sys, report.command as c; c.register(argparse.ArgumentParser().add_subparsers()); "
+    code = ("import argparse, sys, chronosweep.report.command as c; c.register(argparse.ArgumentParser().add_subparsers()); "
             "heavy = [m for m in ('polars', 'numpy', 'matplotlib', 'ray') if m in sys.modules]; "
             "assert not heavy, heavy; "
-            "import report.build, report.plots; assert 'ray' not in sys.modules, 'report pulled in ray'")
+            "import chronosweep.report.build, chronosweep.report.plots; assert 'ray' not in sys.modules, 'report pulled in ray'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
 
 
 def test_report_ranks_by_the_sweeps_own_objective_when_it_can(tmp_path):
-    from report.command import sweep_objective
+    from chronosweep.report.command import sweep_objective
 
     def sweep(name, objective):
         folder = tmp_path / name
@@ -441,10 +453,15 @@ def test_report_ranks_by_the_sweeps_own_objective_when_it_can(tmp_path):
         return folder
 
     a = sweep("a", {"weights": {"multihop_accuracy": 1.0, "hop_accuracy": 1.0}})
-    b = sweep("b", {"weights": {"multihop_accuracy": 2.0, "hop_accuracy": 2.0}, "mode": "max"})
-    assert sweep_objective([a, b]) == ("hop_accuracy+multihop_accuracy", "")
-    assert sweep_objective([sweep("c", {"metric": "reliability"})])[0] == "reliability"
+    b = sweep("b", {"weights": {"multihop_accuracy": 1.0, "hop_accuracy": 1.0}, "mode": "max"})
+    both, why = sweep_objective([a, b])
+    assert why == "" and both.terms() == {"multihop_accuracy": 1.0, "hop_accuracy": 1.0} and both.mode == "max"
+    assert sweep_objective([sweep("c", {"metric": "reliability"})])[0].terms() == {"reliability": 1.0}
+    # Different objectives cannot rank one table: the report falls back to its default and says why.
     assert sweep_objective([a, sweep("d", {"metric": "reliability"})])[0] is None
-    assert sweep_objective([sweep("e", {"weights": {"reliability": 1.0, "edit_seconds": -0.1}})])[0] is None
-    assert sweep_objective([sweep("f", {"metric": "edit_seconds", "mode": "min"})])[0] is None
+    assert sweep_objective([a, sweep("b2", {"weights": {"multihop_accuracy": 2.0, "hop_accuracy": 2.0}})])[0] is None
+    # One objective type serves sweep and report: weighted sums with costs and minimised objectives rank too.
+    costed = sweep_objective([sweep("e", {"weights": {"reliability": 1.0, "edit_seconds": -0.1}})])[0]
+    assert costed.value({"reliability": 0.5, "edit_seconds": 2.0}) == pytest.approx(0.3)
+    assert sweep_objective([sweep("f", {"metric": "edit_seconds", "mode": "min"})])[0].mode == "min"
     assert sweep_objective([tmp_path / "not-a-sweep"])[0] is None

@@ -13,18 +13,24 @@ import warnings
 import pytest
 import torch
 
-from chronosweep.archs import arch_for
-from chronosweep.config import load_config
-from chronosweep.models import load, resolve
-from chronosweep.requests import EditRequest
-from chronosweep.typed import ConfigError
-from editing.base import EditContext
-from editing.locate import blocks, build_rows, down_proj, record, start_at, subject_last_token, weight_out_in
-from editing.registry import get_method
-from editing.stats import second_moments
+from chronosweep.core.archs import arch_for
+from chronosweep.core.models import load, resolve
+from chronosweep.core.requests import EditRequest
+from chronosweep.core.typed import ConfigError
+from chronosweep.editing.base import EditContext
+from chronosweep.editing.locate import (
+    blocks,
+    build_rows,
+    down_proj,
+    record,
+    start_at,
+    subject_last_token,
+    weight_out_in,
+)
+from chronosweep.editing.registry import get_method
+from chronosweep.editing.stats import second_moments
+from chronosweep.trial.config import load_config
 from tests.tiny_facts import FACTS, greedy, make_fact_model, one_thread  # noqa: F401 (autouse fixture)
-
-
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +47,7 @@ def _setup(path, cache, overrides):
     info = resolve(str(path))
     model, tok = load(info, torch.device("cpu"), torch.float32)
     cfg = load_config(None, ["method=rome", "rome.stats_samples=2048", *overrides])
-    ctx = EditContext(config=cfg, info=info, device=torch.device("cpu"), dtype=torch.float32, run_dir=None,
+    ctx = EditContext(runtime=cfg.runtime(), info=info, device=torch.device("cpu"), dtype=torch.float32, run_dir=None,
                       cache_dir=cache)
     return info, model, tok, cfg, ctx
 
@@ -145,7 +151,7 @@ def test_running_only_the_later_layers_matches_the_full_pass(arch_dir, request):
 
 
 def test_second_moments_are_cached_and_correct(llama_dir, tmp_path, monkeypatch):
-    import editing.stats as stats_mod
+    import chronosweep.editing.stats as stats_mod
 
     info = resolve(str(llama_dir))
     model, tok = load(info, torch.device("cpu"), torch.float32)
@@ -195,7 +201,7 @@ def test_rome_options_are_checked_against_the_model(llama_dir, tmp_path):
     info = resolve(str(llama_dir))
     cfg = load_config(None, ["method=rome", "rome.layer=7"])
     problems: list[str] = []
-    get_method("rome").check(cfg.options, info, problems)
+    cfg.options.check_model("rome", info, problems)
     assert problems and "rome.layer" in problems[0] and "0..3" in problems[0]
     with pytest.raises(ConfigError, match="stats_corpus"):
         load_config(None, ["method=rome", f"rome.stats_corpus={tmp_path / 'missing.txt'}"])
@@ -209,7 +215,7 @@ def test_rome_real_model(tmp_path):
     info = resolve("smollm2-135m")
     model, tok = load(info, torch.device("cpu"), torch.float32)
     cfg = load_config(None, ["method=rome", "rome.stats_samples=2048", "rome.n_prefixes=2"])
-    ctx = EditContext(config=cfg, info=info, device=torch.device("cpu"), dtype=torch.float32, run_dir=None,
+    ctx = EditContext(runtime=cfg.runtime(), info=info, device=torch.device("cpu"), dtype=torch.float32, run_dir=None,
                       cache_dir=tmp_path)
     prompt = "The head of state in Italy is"
     unrelated = "The capital of France is"

@@ -1,9 +1,10 @@
 import pytest
 
-from chronosweep.config import EvalConfig
-from chronosweep.requests import EditRequest, EditSet, Hop, LocalityProbe, MultiHop
-from evaluation.evaluate import Measurement, score
-from evaluation.probes import build_probes
+from chronosweep.core.requests import EditRequest, EditSet, Hop, LocalityProbe, MultiHop
+from chronosweep.evaluation.config import EvalConfig
+from chronosweep.evaluation.evaluate import Measurement
+from chronosweep.evaluation.probes import build_probes
+from chronosweep.evaluation.scoring import score
 
 
 def _edits():
@@ -39,7 +40,7 @@ def test_score_counts_by_the_documented_rules():
     tf_ids = [[1, 2] if p.tf_target else None for p in probes]
     pre = Measurement(pre_text, [[1, 9] if t else None for t in tf_ids], tf_ids)
     post = Measurement(post_text, [[1, 2] if t else None for t in tf_ids], tf_ids)
-    metrics, pre_metrics, rows = score(probes, pre, post)
+    metrics, pre_metrics, rows, _ = score(probes, pre, post)
     assert len(rows) == n
     assert metrics["reliability"] == 1.0 and pre_metrics["reliability"] == 0.0
     # e1 has 1 of 2 paraphrases right, e2 has none: per-edit mean first -> only e1 counts, at 0.5.

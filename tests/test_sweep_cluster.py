@@ -9,8 +9,8 @@ import ray
 import yaml
 
 from chronosweep.cli import build_parser
-from chronosweep.config import load_config
-from sweep.spec import load_sweep
+from chronosweep.sweep.spec import load_sweep
+from chronosweep.trial.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"

@@ -9,6 +9,7 @@ including other people's sweeps and test runs.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -76,8 +77,10 @@ def ray_head(tmp_path):
     # Short: Ray's unix socket paths under the temp dir must stay below 108 characters.
     temp = Path(tempfile.mkdtemp(prefix="csray-", dir="/tmp"))
     dashboard = free_port()
+    # Ray 2.60 starts a head with token auth on and does not make the token: the test brings its own, so it needs
+    # nothing in ~/.ray.
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", RAY_AUTH_MODE="token",
-               CHRONOSWEEP_CACHE=str(tmp_path / "cache"))
+               RAY_AUTH_TOKEN=secrets.token_hex(32), CHRONOSWEEP_CACHE=str(tmp_path / "cache"))
     env.pop("RAY_ADDRESS", None)
     ports = {flag: free_port() for flag in (
         "--port", "--ray-client-server-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
@@ -127,7 +130,8 @@ def test_sweep_submitted_as_a_ray_job(ray_head, tiny_model_dir, data_root, tmp_p
     storage = tmp_path / "sweeps"
     job = "chronosweep-test-job"
     ray_cli(ray_head, "job", "submit", "--address", ray_head.address, "--working-dir", ".", "--submission-id", job,
-            "--runtime-env", "cluster/runtime_env.yaml", "--no-wait", "--", "python", "-m", "chronosweep.cli", "sweep", str(sweep), "--name", "via-job",
+            "--runtime-env", "cluster/runtime_env.yaml", "--no-wait", "--",
+            "python", "-m", "chronosweep.cli", "sweep", str(sweep), "--name", "via-job",
             "--storage", str(storage), "--address", "auto")
     deadline = time.monotonic() + 300
     status = ""

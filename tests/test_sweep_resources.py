@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from sweep.resources import DRIVER_CPUS, Resources, concurrency, trials_that_fit
+from chronosweep.sweep.resources import DRIVER_CPUS, Resources, concurrency, trials_that_fit
 
 
 def problems_of(res: Resources) -> list[str]:
@@ -86,7 +86,7 @@ def test_concurrency_caps_distributed_trials_unless_the_user_sets_it():
 
 
 def test_scaling_config_matches_the_arithmetic():
-    from sweep.multigpu import scaling_config
+    from chronosweep.sweep.multigpu import scaling_config
 
     res = Resources(cpus=6, gpus=3, placement="SPREAD")
     sc = scaling_config(res)

@@ -20,9 +20,9 @@ import psutil
 import pytest
 import yaml
 
-from chronosweep.errors import UserError
-from sweep.runner import SweepExists, SweepOptions, run_sweep
-from sweep.spec import load_sweep
+from chronosweep.core.errors import UserError
+from chronosweep.sweep.runner import SweepExists, SweepOptions, run_sweep
+from chronosweep.sweep.spec import load_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -171,7 +171,8 @@ def _kill_tree(proc: subprocess.Popen) -> None:
 @pytest.mark.ray
 def test_resume_after_the_driver_is_killed(tiny_model_dir, data_root, tmp_path, cache):
     path = write(tmp_path / "resume.yaml", {
-        "base": base(tiny_model_dir, data_root, lora={"epochs": 3, "batch_size": 4, "rank": 2, "layer_start": 0, "layer_width": 2}),
+        "base": base(tiny_model_dir, data_root,
+                     lora={"epochs": 3, "batch_size": 4, "rank": 2, "layer_start": 0, "layer_width": 2}),
         "space": {"lora.window": {"type": "window", "widths": [2]}},
         "search": "grid", "max_concurrent_trials": 1,
         "objective": {"metric": "locality"},

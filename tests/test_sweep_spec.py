@@ -8,10 +8,10 @@ import optuna
 import pytest
 import yaml
 
-from chronosweep.models import ModelInfo
-from chronosweep.typed import ConfigError
-from sweep.space import PREFIX
-from sweep.spec import load_sweep, parse_sweep
+from chronosweep.core.models import ModelInfo
+from chronosweep.core.typed import ConfigError
+from chronosweep.sweep.space import PREFIX
+from chronosweep.sweep.spec import load_sweep, parse_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -241,7 +241,7 @@ def test_sweeps_are_shipped():
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_shipped_sweeps_validate_against_the_default_model(path):
-    # The default model's shape is known without fetching it (chronosweep.models.BUILTIN).
+    # The default model's shape is known without fetching it (chronosweep.core.models.BUILTIN).
     spec = load_sweep(path)
     assert spec.num_trials >= 2
     assert spec.space.infos["smollm2-135m"].num_layers == 30

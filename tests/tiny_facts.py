@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, PreT
 
 from tests.tiny import CORPUS, make_tiny_model
 
+
 @pytest.fixture(autouse=True)
 def one_thread():
     """Import into a test module to run its tests on one torch thread.

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import torch
 
-from chronosweep.config import load_config
-from chronosweep.models import load, resolve
-from chronosweep.requests import EditRequest
-from editing.base import EditContext
+from chronosweep.core.models import load, resolve
+from chronosweep.core.requests import EditRequest
+from chronosweep.editing.base import EditContext
+from chronosweep.trial.config import load_config
 
 FACTS = [
     ("Italy", "The President of Italy is", "Giorgia Meloni"),
@@ -29,7 +29,7 @@ def make_ctx(model_dir: Path, overrides: list[str], run_dir: Path | None = None,
     """(config, context) for a trial on the tiny model on CPU; overrides are --set style key=value strings."""
     cfg = load_config(None, [f"model={model_dir}", "device=cpu", *overrides])
     info = resolve(str(model_dir))
-    ctx = EditContext(config=cfg, info=info, device=torch.device("cpu"), dtype=dtype, run_dir=run_dir,
+    ctx = EditContext(runtime=cfg.runtime(), info=info, device=torch.device("cpu"), dtype=dtype, run_dir=run_dir,
                       cache_dir=Path(model_dir).parent / "cache")
     return cfg, ctx
 

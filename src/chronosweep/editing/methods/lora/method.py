@@ -1,0 +1,35 @@
+"""LoRA on attention, MLP or both, restricted to a window of layers (peft)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from peft import LoraConfig, get_peft_model
+
+from chronosweep.core.archs import target_modules
+from chronosweep.editing.base import EditContext, EditOutcome, edited
+from chronosweep.editing.methods.lora.options import LoraOptions
+from chronosweep.editing.training import train_on_edits
+
+
+class LoRA:
+    def edit(self, model, tokenizer, requests, options: LoraOptions, ctx: EditContext) -> EditOutcome:
+        peft_config = LoraConfig(
+            r=options.rank,
+            lora_alpha=options.alpha,
+            lora_dropout=options.dropout,
+            target_modules=target_modules(ctx.info.model_type, options.targets),
+            layers_to_transform=options.window_layers(),
+            task_type="CAUSAL_LM",
+        )
+        peft_model = get_peft_model(model, peft_config)
+        names = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+        trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+        history = train_on_edits(peft_model, tokenizer, requests, options, ctx, desc="lora")
+
+        def save(folder: Path) -> None:
+            peft_model.save_pretrained(folder / "adapter")
+
+        modules, layers = edited(names, ctx.info)
+        return EditOutcome(model=peft_model, trainable_params=trainable, history=history, save=save,
+                           edited_modules=modules, edited_layers=layers)

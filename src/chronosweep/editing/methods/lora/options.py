@@ -1,0 +1,27 @@
+"""LoRA's options (peft's LoraConfig fields chronosweep exposes, plus the window and the training loop)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from chronosweep.editing.options import LayerWindow, TrainingOptions, at_least, opt
+
+
+@dataclass
+class LoraOptions(LayerWindow, TrainingOptions):
+    targets: Literal["mlp", "attn", "both"] = opt("mlp", "modules LoRA wraps, named per architecture in "
+                                                 "chronosweep/core/archs.py")
+    rank: int = opt(32, "LoRA rank r")
+    alpha: float = opt(64.0, "LoRA scaling alpha (the update is scaled by alpha / rank)")
+    dropout: float = opt(0.0, "dropout on the LoRA input")
+    layer_start: int | None = 12
+    layer_width: int = 6
+    lr: float = 2e-3
+    epochs: int = 25
+
+    def check(self, where: str, problems: list[str]) -> None:
+        super().check(where, problems)
+        at_least(where, self, ("rank",), 1, problems)
+        if not 0.0 <= self.dropout < 1.0:
+            problems.append(f"{where}.dropout: must be in [0, 1), got {self.dropout}")

@@ -1,0 +1,108 @@
+"""Score pre- against post-edit measurements: one prediction row per probe, then per-unit values per metric.
+
+The rows are what predictions.jsonl holds; the unit values (units.jsonl) are what every interval and paired
+comparison resamples; a metric's value is the mean of its units. Which rows, field and unit a metric uses is
+declared in evaluation.metrics, nowhere else.
+"""
+
+from __future__ import annotations
+
+from statistics import fmean
+
+from rouge_score import rouge_scorer
+
+from chronosweep.evaluation import metrics as registry
+from chronosweep.evaluation.matching import contains_answer, starts_with_answer
+
+
+def _token_acc(ids, top) -> float | None:
+    if not ids:
+        return None
+    return sum(int(a == b) for a, b in zip(ids, top)) / len(ids)
+
+
+def score_rows(probes, pre, post) -> list[dict]:
+    """One prediction row per probe (docs/run-dir.md, predictions.jsonl)."""
+    rouge = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=False)
+    rows: list[dict] = []
+    for i, p in enumerate(probes):
+        row = {"probe": p.kind, "case_id": p.case_id, "prompt": p.prompt, "expected": list(p.answers)}
+        if p.kind == "locality":
+            ref, hyp = pre.continuations[p.prompt], post.continuations[p.prompt]
+            f1 = rouge.score(ref, hyp)["rouge1"].fmeasure if ref.strip() or hyp.strip() else 1.0
+            agree = None
+            if pre.top_tokens[i] is not None:
+                # EasyEdit's locality accuracy: post-edit top tokens agreeing with the pre-edit ones.
+                agree = _token_acc(pre.top_tokens[i], post.top_tokens[i])
+            row.update(expected=[ref], pre=ref, post=hyp, correct=None, pre_correct=None, score=f1, token_acc=agree)
+        elif p.kind == "multihop":
+            outs = [post.continuations[q] for q in p.questions]
+            pres = [pre.continuations[q] for q in p.questions]
+            hits = [contains_answer(o, p.answers) for o in outs]
+            k = hits.index(True) if any(hits) else 0
+            row.update(prompt=p.questions[k], pre=pres[k], post=outs[k], correct=any(hits),
+                       pre_correct=any(contains_answer(o, p.answers) for o in pres), score=float(any(hits)),
+                       token_acc=None, questions=list(p.questions), pre_all=pres, post_all=outs)
+        else:
+            before, after = pre.continuations[p.prompt], post.continuations[p.prompt]
+            ok = starts_with_answer(after, p.answers)
+            row.update(pre=before, post=after, correct=ok, pre_correct=starts_with_answer(before, p.answers),
+                       score=float(ok), token_acc=_token_acc(post.target_ids[i], post.top_tokens[i]))
+            row["pre_token_acc"] = _token_acc(pre.target_ids[i], pre.top_tokens[i])
+        rows.append(row)
+    return rows
+
+
+def generic_units(metric: registry.Metric, rows: list[dict], side: str) -> dict[str, float]:
+    """Rows of the metric's probe kind, its field (pre_field for the unedited model), averaged within each unit.
+
+    Unit ids are stable across trials on the same data, so two trials can be compared unit by unit: an edit or a
+    case is its case_id, a probe is '<case_id>#<n>' (its position among the rows of that probe kind and case).
+    """
+    key = metric.field if side == "post" else metric.pre_field
+    if key is None:
+        return {}
+    groups: dict[str, list[float]] = {}
+    seen: dict[str, int] = {}
+    for r in rows:
+        if r.get("probe") != metric.probe:
+            continue
+        cid = str(r.get("case_id"))
+        n = seen.get(cid, 0)
+        seen[cid] = n + 1
+        value = r.get(key)
+        if value is None:
+            continue
+        unit = cid if metric.unit in ("edit", "case") else f"{cid}#{n}"
+        groups.setdefault(unit, []).append(float(value))
+    return {u: fmean(v) for u, v in groups.items()}
+
+
+def unit_values(rows: list[dict], side: str = "post") -> dict[str, dict[str, float]]:
+    """metric -> {unit id: value} for every registered quality metric the rows can measure."""
+    out: dict[str, dict[str, float]] = {}
+    for m in registry.METRICS.values():
+        if not m.has_units:
+            continue
+        units = m.units(rows, side) if m.units is not None else generic_units(m, rows, side)
+        if units:
+            out[m.name] = units
+    return out
+
+
+def aggregate(units: dict[str, dict[str, float]], side: str = "post") -> dict:
+    """Each quality metric's value: the mean of its units; None where the data has no probes for it."""
+    out = {}
+    for m in registry.METRICS.values():
+        if not m.has_units or (side == "pre" and m.pre_field is None and m.units is None):
+            continue
+        values = units.get(m.name)
+        out[m.name] = fmean(values.values()) if values else None
+    return out
+
+
+def score(probes, pre, post) -> tuple[dict, dict, list[dict], dict[str, dict[str, float]]]:
+    """(post-edit metrics, pre-edit metrics, prediction rows, post-edit unit values)."""
+    rows = score_rows(probes, pre, post)
+    units = unit_values(rows, "post")
+    return aggregate(units, "post"), aggregate(unit_values(rows, "pre"), "pre"), rows, units

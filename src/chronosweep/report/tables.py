@@ -1,0 +1,245 @@
+"""The report's tables, computed from the trials frame: derived columns, best configurations, windows, cost, front.
+
+Every table is grouped by the report's key: the --by columns plus `method` (unless --by already names it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+
+from chronosweep.core.errors import UserError
+from chronosweep.evaluation import metrics as registry
+from chronosweep.evaluation.objective import Objective
+from chronosweep.report.load import UNIT_METRICS
+from chronosweep.report.stats import Bootstrap, bootstrap_intervals, pareto_mask
+
+WINDOW_METRICS = ("multihop_accuracy", "reliability")
+# Every metric with units gets an interval column in trials.parquet.
+INTERVAL_METRICS = registry.names(with_units=True)
+COST = "edit_seconds_per_edit"
+
+
+@dataclass
+class Tables:
+    key: list[str]
+    groups: list[str]
+    best: pl.DataFrame
+    methods: pl.DataFrame
+    windows: pl.DataFrame
+    best_windows: pl.DataFrame
+    cost: pl.DataFrame
+    pareto: pl.DataFrame
+    failures: pl.DataFrame
+    running: pl.DataFrame
+    warnings: list[str] = field(default_factory=list)
+
+    def named(self) -> dict[str, pl.DataFrame]:
+        """Tables under the file names they are written with (--format csv/json)."""
+        return {"best": self.best, "methods": self.methods, "windows": self.windows,
+                "best_windows": self.best_windows, "cost": self.cost, "pareto": self.pareto,
+                "failures": self.failures, "running": self.running}
+
+
+# --- derived columns ----------------------------------------------------------------------------------------------
+
+def check_columns(df: pl.DataFrame, by: list[str], objective: Objective) -> None:
+    """Unknown --by or --objective columns fail here, before predictions are read."""
+    numeric = [c for c, t in df.schema.items() if t.is_numeric()]
+    for col in by:
+        if col not in df.columns:
+            raise UserError(f"--by {col}: no such column in the trials (columns: {', '.join(df.columns)})")
+    for col in objective.terms():
+        if col not in df.columns or not df.schema[col].is_numeric():
+            raise UserError(f"--objective: {col!r} is not a numeric column of the trials "
+                            f"(numeric columns: {', '.join(numeric)})")
+
+
+def window_of(layers) -> tuple[int | None, int | None, str | None]:
+    """(start, width, label) of the decoder layers a trial edited (metrics.json's edited_layers).
+
+    A contiguous run is a window; layers with gaps have a label but no start/width; none (P-tuning) is no window.
+    """
+    if not isinstance(layers, list) or not layers or not all(isinstance(v, int) for v in layers):
+        return None, None, None
+    lo, hi = min(layers), max(layers)
+    if sorted(set(layers)) == list(range(lo, hi + 1)):
+        return lo, hi - lo + 1, f"{lo}-{hi}" if hi > lo else str(lo)
+    return None, None, ",".join(map(str, sorted(set(layers))))
+
+
+def layers_label(window: str) -> str:
+    """'12-17' -> 'layers 12-17', '5' -> 'layer 5'."""
+    return f"layer {window}" if window.isdigit() else f"layers {window}"
+
+
+def add_derived(df: pl.DataFrame, objective: Objective) -> pl.DataFrame:
+    """objective, window, compute hours and quality per compute hour, for every trial that has the inputs."""
+    layers = df["edited_layers"].to_list() if "edited_layers" in df.columns else [None] * df.height
+    windows = [window_of(v) for v in layers]
+    terms = [c for c in objective.terms() if c in df.columns]
+    values = [objective.value(row, missing="rescale") for row in df.select(terms).iter_rows(named=True)]
+    df = df.with_columns(
+        pl.Series("window_start", [w[0] for w in windows], dtype=pl.Int64),
+        pl.Series("window_width", [w[1] for w in windows], dtype=pl.Int64),
+        pl.Series("window", [w[2] for w in windows], dtype=pl.String),
+        # A trial lacking a term (no paraphrases: no generalization) has the terms it has scaled to the full weight.
+        pl.Series("objective", values, dtype=pl.Float64),
+        # Higher is better whatever the objective's mode: what ranking and the Pareto front compare.
+        pl.Series("objective_score", [None if v is None else (v if objective.mode == "max" else -v) for v in values],
+                  dtype=pl.Float64),
+    )
+    num = lambda c: pl.col(c).cast(pl.Float64) if c in df.columns else pl.lit(None, dtype=pl.Float64)  # noqa: E731
+    busy = num("edit_seconds") + num("eval_seconds")
+    gpu = num("n_gpus").fill_null(0) > 0
+    df = df.with_columns(
+        compute_hours=pl.when(gpu).then(busy * num("n_gpus") / 3600).otherwise(busy * num("threads") / 3600),
+        compute_unit=pl.when(num("edit_seconds").is_null()).then(None)
+        .when(gpu).then(pl.lit("GPU-hours")).otherwise(pl.lit("CPU-hours")),
+    )
+    return df.with_columns(
+        objective_per_compute_hour=pl.when(pl.col("compute_hours") > 0)
+        .then(pl.col("objective") / pl.col("compute_hours")))
+
+
+def add_intervals(df: pl.DataFrame, units: pl.DataFrame, boot: Bootstrap) -> tuple[pl.DataFrame, list[str]]:
+    """Add <metric>_ci_low/_ci_high/_n for every trial with predictions; warn where they disagree with metrics.json."""
+    units = units.sort("run_dir", "metric", maintain_order=True)
+    groups: dict[tuple[str, str], np.ndarray] = {}
+    if units.height:
+        for (run_dir, metric), part in units.group_by("run_dir", "metric", maintain_order=True):
+            groups[(run_dir, metric)] = part["value"].to_numpy()
+    intervals = bootstrap_intervals(groups, boot)
+    rows = {}
+    for (run_dir, metric), iv in intervals.items():
+        rows.setdefault(run_dir, {"run_dir": run_dir})
+        rows[run_dir].update({f"{metric}_ci_low": iv.low, f"{metric}_ci_high": iv.high, f"{metric}_n": iv.n,
+                              f"{metric}_units_mean": iv.mean})
+    schema = {"run_dir": pl.String}
+    for m in INTERVAL_METRICS:
+        schema.update({f"{m}_ci_low": pl.Float64, f"{m}_ci_high": pl.Float64, f"{m}_n": pl.Int64,
+                       f"{m}_units_mean": pl.Float64})
+    wide = pl.from_dicts(list(rows.values()), schema=schema) if rows else pl.DataFrame(schema=schema)
+    df = df.join(wide, on="run_dir", how="left")
+    warnings = []
+    for m in INTERVAL_METRICS:
+        if m not in df.columns:
+            continue
+        off = df.filter((pl.col(m) - pl.col(f"{m}_units_mean")).abs() > 1e-6)
+        for r in off.select("run_dir", m, f"{m}_units_mean").iter_rows():
+            warnings.append(f"{r[0]}: {m} is {r[1]:.4f} in metrics.json but {r[2]:.4f} from predictions.jsonl; "
+                            "its interval is centred on the latter")
+    return df.drop([f"{m}_units_mean" for m in INTERVAL_METRICS]), warnings
+
+
+def add_pareto(df: pl.DataFrame, groups: list[str]) -> pl.DataFrame:
+    """pareto: the trial is on its group's front of objective (higher) against edit seconds per edit (lower)."""
+    if COST not in df.columns:
+        return df.with_columns(pareto=pl.lit(False))
+    df = df.with_row_index("_row")
+    flags = np.zeros(df.height, dtype=bool)
+    parts = df.partition_by(groups, maintain_order=True) if groups else [df]
+    for part in parts:
+        mask = pareto_mask(part[COST].cast(pl.Float64).fill_null(np.nan).to_numpy(),
+                           part["objective_score"].fill_null(np.nan).to_numpy())
+        flags[part["_row"].to_numpy()[mask]] = True
+    return df.with_columns(pareto=pl.Series(flags)).drop("_row")
+
+
+# --- tables ---------------------------------------------------------------------------------------------------------
+
+def _ranked(df: pl.DataFrame) -> pl.DataFrame:
+    """Best first: higher objective, then cheaper per edit, then trial name (so ties resolve the same every time)."""
+    cost = pl.col(COST) if COST in df.columns else pl.lit(None)
+    return df.filter(pl.col("objective_score").is_not_null()).sort(
+        [pl.col("objective_score"), cost, pl.col("experiment"), pl.col("trial")],
+        descending=[True, False, False, False], nulls_last=True)
+
+
+def config_summaries(ok: pl.DataFrame, key: list[str], config_cols: list[str]) -> pl.DataFrame:
+    """run_dir -> 'rank=32, lr=0.002, ...': the method's own options plus shared settings that vary in the group."""
+    methods = set(ok["method"].drop_nulls().unique().to_list())
+    shared = [c for c in config_cols if c in ok.columns and c.split(".")[0] not in methods
+              and not c.startswith("config.")]
+    out_dirs, out_text = [], []
+    for part in ok.partition_by(key, maintain_order=True) if key else [ok]:
+        varying = [c for c in shared if part[c].n_unique() > 1] if part.height > 1 else []
+        for r in part.iter_rows(named=True):
+            m = r["method"]
+            own = [c for c in config_cols if c.startswith(f"{m}.") and r.get(c) is not None]
+            items = [f"{c[len(m) + 1:]}={r[c]}" for c in own] + [f"{c}={r[c]}" for c in varying]
+            out_dirs.append(r["run_dir"])
+            out_text.append(", ".join(items))
+    return pl.DataFrame({"run_dir": out_dirs, "config": out_text}, schema={"run_dir": pl.String, "config": pl.String})
+
+
+def _ci_columns(metrics) -> list[str]:
+    return [c for m in metrics for c in (m, f"{m}_ci_low", f"{m}_ci_high", f"{m}_n")]
+
+
+def _select(df: pl.DataFrame, cols: list[str]) -> pl.DataFrame:
+    return df.select([pl.col(c) if c in df.columns else pl.lit(None).alias(c) for c in cols])
+
+
+def build_tables(df: pl.DataFrame, by: list[str], config_cols: list[str]) -> Tables:
+    """All tables from a trials frame that already has derived, interval and pareto columns."""
+    groups = list(by)
+    key = groups if "method" in groups else groups + ["method"]
+    ok = df.filter(pl.col("status") == "ok")
+    summaries = config_summaries(ok, key, config_cols) if ok.height else pl.DataFrame(
+        schema={"run_dir": pl.String, "config": pl.String})
+    ok = ok.join(summaries, on="run_dir", how="left")
+    ranked = _ranked(ok)
+    counts = ok.group_by(key).agg(pl.len().alias("trials"),
+                                  pl.col("compute_hours").sum().alias("sweep_compute_hours"),
+                                  pl.col(COST).median().alias(f"median_{COST}") if COST in ok.columns
+                                  else pl.lit(None, dtype=pl.Float64).alias(f"median_{COST}"))
+    best = ranked.group_by(key, maintain_order=True).first().join(counts, on=key, how="left", nulls_equal=True)
+    best = best.sort(key, nulls_last=True).with_columns(
+        basis=pl.when(pl.col("trials") > 1).then(pl.format("best of {} trials", pl.col("trials")))
+        .otherwise(pl.lit("only trial")))
+
+    # Trial names repeat across experiments (trial_00000...): name the experiment too when there are several.
+    who = ["experiment", "trial"] if df["experiment"].n_unique() > 1 and "experiment" not in groups else ["trial"]
+    best_cols = key + ["trials", *who, "objective", "window", "config", *UNIT_METRICS, COST, "run_dir"]
+    methods_cols = key + ["trials", "basis", *who, "objective", *_ci_columns(UNIT_METRICS)]
+    cost_cols = key + [*who, COST, "compute_hours", "compute_unit", "trainable_params", "trainable_fraction",
+                       "peak_rss_mb", "peak_gpu_mb", "objective", "objective_per_compute_hour", "trials",
+                       f"median_{COST}", "sweep_compute_hours"]
+
+    cell = key + ["window", "window_start", "window_width"]
+    in_window = ranked.filter(pl.col("window").is_not_null())
+    cell_counts = in_window.group_by(cell).len("trials")
+    windows = (in_window.group_by(cell, maintain_order=True).first()
+               .join(cell_counts, on=cell, how="left", nulls_equal=True)
+               .sort(key + ["window_width", "window_start", "window"], nulls_last=True))
+    windows = _select(windows, cell + ["trials", *who, "objective", *_ci_columns(WINDOW_METRICS)])
+
+    best_windows = []
+    for metric in WINDOW_METRICS:
+        cand = windows.filter(pl.col(metric).is_not_null()).sort(
+            [metric, f"{metric}_ci_low", "window_width", "window_start"],
+            descending=[True, True, False, False], nulls_last=True)
+        ties = cand.group_by(key).agg((pl.col(metric) == pl.col(metric).max()).sum().alias("ties") - 1)
+        picked = cand.group_by(key, maintain_order=True).first().join(ties, on=key, how="left", nulls_equal=True)
+        best_windows.append(picked.select(
+            key + [pl.lit(metric).alias("metric"), "window", "window_start", "window_width",
+                   pl.col(metric).alias("value"), pl.col(f"{metric}_ci_low").alias("ci_low"),
+                   pl.col(f"{metric}_ci_high").alias("ci_high"), pl.col(f"{metric}_n").alias("n"),
+                   "ties", *who, "trials"]))
+    best_windows = pl.concat(best_windows, how="vertical_relaxed").sort(key + ["metric"], nulls_last=True)
+
+    front = ok.filter(pl.col("pareto")).sort(groups + [COST, "objective_score"] if groups else [COST, "objective_score"],
+                                             nulls_last=True)
+    pareto = _select(front, groups + ["method", *who, "window", COST, "objective", "compute_hours", "config"])
+
+    bad = df.filter(pl.col("status").is_in(["failed", "invalid"]))
+    failures = _select(bad, groups + [c for c in ("experiment", "trial", "status", "error", "error_file")
+                                      if c not in groups])
+    running_cols = [c for c in ("experiment", "trial", "tune.iteration", "run_dir") if c not in groups]
+    running = _select(df.filter(pl.col("status") == "running"), groups + running_cols)
+    return Tables(key=key, groups=groups, best=_select(best, best_cols), methods=_select(best, methods_cols),
+                  windows=windows, best_windows=best_windows, cost=_select(best, cost_cols), pareto=pareto,
+                  failures=failures, running=running)

@@ -1,0 +1,218 @@
+"""One trial, the only code path: config -> model + edit requests -> method -> edited model -> evaluation -> run dir.
+
+`chronosweep edit` calls run_trial directly; every sweep trial calls it inside a Ray worker.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import random
+import resource
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from chronosweep.core.errors import UserError
+from chronosweep.core.typed import ConfigError
+from chronosweep.trial.config import TrialConfig
+
+
+class RunDirExists(UserError):
+    pass
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def _peak_rss_mb() -> float:
+    # ru_maxrss is in KiB on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def prepare_run_dir(run_dir: Path, force: bool) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if (run_dir / "metrics.json").exists() and not force:
+        raise RunDirExists(f"{run_dir} already holds a finished run (metrics.json); pass --force to overwrite it")
+    for name in ("metrics.json", "error.txt", "predictions.jsonl", "history.jsonl"):
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def plan(cfg: TrialConfig):
+    """Everything cheap that can be wrong, checked before any model is loaded: returns (method spec, info, edit set)."""
+    from chronosweep.core.models import resolve
+    from chronosweep.data import load_edits
+    from chronosweep.editing.registry import get_spec
+
+    method = get_spec(cfg.method)
+    info = resolve(cfg.model, cfg.revision, cfg.trust_remote_code, fetch=False)
+    problems: list[str] = []
+    cfg.options.check_model(cfg.method, info, problems)
+    try:
+        edits = load_edits(cfg.data)
+    except UserError as err:
+        if not problems:
+            raise
+        # Report the data problem together with the config's, so one fix-and-retry round is enough.
+        raise ConfigError([*problems, *str(err).splitlines()]) from err
+    if problems:
+        raise ConfigError(problems)
+    return method, info, edits
+
+
+def _device_and_dtype(cfg: TrialConfig):
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if cfg.device == "cuda" and not cuda:
+        raise UserError("device: cuda was asked for but torch sees no CUDA device")
+    from chronosweep.editing.distributed import local_device
+
+    # Under a multi-GPU launch each rank owns cuda:LOCAL_RANK (DeepSpeed moves the model there).
+    device = local_device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and cuda) else "cpu")
+    precision = cfg.precision
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return device, dtype
+
+
+def _seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _versions() -> dict:
+    import peft
+    import torch
+    import transformers
+
+    from chronosweep import __version__
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
+            "chronosweep": __version__}
+
+
+def run_trial(cfg: TrialConfig, run_dir: Path | str, on_epoch: Callable[[int, dict], None] | None = None,
+              force: bool = False, progress: Callable[[str], None] = print) -> dict:
+    """Run one edit trial and write config.yaml, predictions.jsonl, history.jsonl, metrics.json into run_dir."""
+    run_dir = Path(run_dir).resolve()
+    started, t_start = _now(), time.perf_counter()
+    method, info, edits = plan(cfg)
+    prepare_run_dir(run_dir, force)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    try:
+        metrics = _execute(cfg, run_dir, method, info, edits, on_epoch, progress)
+    except BaseException as err:
+        (run_dir / "error.txt").write_text(f"{type(err).__name__}: {err}\n\n{traceback.format_exc()}")
+        raise
+    metrics.update(started_at=started, finished_at=_now(), total_seconds=time.perf_counter() - t_start)
+    tmp = run_dir / "metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics, indent=2))
+    tmp.replace(run_dir / "metrics.json")
+    return metrics
+
+
+def _execute(cfg, run_dir, method, info, edits, on_epoch, progress) -> dict:
+    import torch
+
+    from chronosweep.core.models import cache_dir, load, resolve
+    from chronosweep.editing.base import EditContext
+    from chronosweep.evaluation.evaluate import cache_key, load_cached, measure, store_cached
+    from chronosweep.evaluation.metrics import SCORING_VERSION
+    from chronosweep.evaluation.probes import build_probes
+    from chronosweep.evaluation.scoring import score
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    _seed_everything(cfg.seed)
+    device, dtype = _device_and_dtype(cfg)
+    if info.fingerprint.endswith("-unfetched"):
+        info = resolve(cfg.model, cfg.revision, cfg.trust_remote_code, fetch=True)
+    progress(f"{len(edits.requests)} edits from {edits.name} ({sum(edits.skipped.values())} skipped), "
+             f"{len(edits.locality)} locality probes; model {info.name} on {device} ({dtype})")
+    t0 = time.perf_counter()
+    model, tokenizer = load(info, device, dtype, cfg.revision, cfg.trust_remote_code)
+    load_seconds = time.perf_counter() - t0
+    total_params = sum(p.numel() for p in model.parameters())
+    probes = build_probes(edits, cfg.eval)
+
+    # The unedited model's answers depend only on model, probes and decoding: sweeps reuse them.
+    t0 = time.perf_counter()
+    key = cache_key(info.fingerprint, probes, cfg.eval, str(dtype), device.type)
+    cached_path = cache_dir() / "pre_eval" / f"{key}.json"
+    pre = load_cached(cached_path)
+    if pre is None:
+        pre = measure(model, tokenizer, probes, cfg.eval, device, desc="pre-edit")
+        store_cached(cached_path, pre)
+    pre_eval_seconds = time.perf_counter() - t0
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    ctx = EditContext(runtime=cfg.runtime(), info=info, device=device, dtype=dtype,
+                      run_dir=run_dir if cfg.save_artifacts else None, cache_dir=cache_dir(), on_epoch=on_epoch)
+    implementation = method.load()
+    _seed_everything(cfg.seed)
+    t0 = time.perf_counter()
+    outcome = implementation.edit(model, tokenizer, edits.requests, cfg.options, ctx)
+    edit_seconds = time.perf_counter() - t0
+    with open(run_dir / "history.jsonl", "w") as fh:
+        for record in outcome.history:
+            fh.write(json.dumps(record) + "\n")
+    if cfg.save_artifacts and outcome.save is not None:
+        outcome.save(run_dir)
+
+    t0 = time.perf_counter()
+    post = measure(outcome.model, tokenizer, probes, cfg.eval, device, desc="post-edit")
+    eval_seconds = time.perf_counter() - t0
+    metrics, pre_metrics, rows, _ = score(probes, pre, post)
+    with open(run_dir / "predictions.jsonl", "w") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    n = len(edits.requests)
+    kinds = [r.kind for r in edits.requests]
+    mh_cases = {r.multihop.case_id for r in edits.requests if r.multihop is not None}
+    return {
+        "status": "ok",
+        "scoring_version": SCORING_VERSION,
+        "method": cfg.method,
+        "model": cfg.model,
+        "dataset": edits.name,
+        "n_edits": n,
+        "n_modification": kinds.count("modification"),
+        "n_injection": kinds.count("injection"),
+        **metrics,
+        "n_multihop_cases": len(mh_cases),
+        "n_hops": sum(1 for p in probes if p.kind == "hop"),
+        "n_locality": sum(1 for p in probes if p.kind == "locality"),
+        "pre": pre_metrics,
+        "edit_seconds": edit_seconds,
+        "edit_seconds_per_edit": edit_seconds / n if n else None,
+        "eval_seconds": eval_seconds,
+        "eval_seconds_per_edit": eval_seconds / n if n else None,
+        "pre_eval_seconds": pre_eval_seconds,
+        "load_seconds": load_seconds,
+        "trainable_params": int(outcome.trainable_params),
+        "total_params": int(total_params),
+        "trainable_fraction": outcome.trainable_params / total_params if total_params else None,
+        "edited_layers": list(outcome.edited_layers),
+        "edited_modules": list(outcome.edited_modules),
+        "peak_rss_mb": _peak_rss_mb(),
+        "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
+        "device": device.type,
+        "n_gpus": int(os.environ.get("WORLD_SIZE", "1")) if device.type == "cuda" else 0,
+        "threads": torch.get_num_threads(),
+        "history": outcome.history,
+        "config": cfg.to_dict(),
+        "versions": _versions(),
+    }

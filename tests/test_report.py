@@ -127,6 +127,14 @@ def hand_percentile_ci(values: list[float], boot: Bootstrap) -> tuple[float, flo
     return pct(tail), pct(100 - tail)
 
 
+def hand_wilson(successes: float, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson's score interval as textbooks write it: (p + z²/2n ± z·sqrt(p(1-p)/n + z²/4n²)) / (1 + z²/n)."""
+    p = successes / n
+    centre = p + z * z / (2 * n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, (centre - half) / (1 + z * z / n)), min(1.0, (centre + half) / (1 + z * z / n))
+
+
 # --- statistics -----------------------------------------------------------------------------------------------------
 
 def test_bootstrap_matches_longhand_percentile_bootstrap():
@@ -173,7 +181,9 @@ def test_plain_run_dirs_flattened_means_and_intervals(tmp_path):
                "locality": [0.5, 1.0, 0.25], "multihop_accuracy": [1, 0]}
     for metric, units in by_hand.items():
         assert row[metric] == pytest.approx(sum(units) / len(units))
-        low, high = hand_percentile_ci([float(u) for u in units], BOOT)
+        # Shares get Wilson intervals, ROUGE locality the bootstrap (the registry's interval field).
+        low, high = (hand_percentile_ci([float(u) for u in units], BOOT) if metric == "locality"
+                     else hand_wilson(sum(units), len(units)))
         assert row[f"{metric}_ci_low"] == pytest.approx(low, abs=1e-12)
         assert row[f"{metric}_ci_high"] == pytest.approx(high, abs=1e-12)
         assert row[f"{metric}_ci_low"] <= row[metric] <= row[f"{metric}_ci_high"]
@@ -244,8 +254,12 @@ def test_layer_windows_name_the_best_window_with_its_interval(tmp_path):
     best = best.row(0, named=True)
     assert (best["window"], best["window_start"], best["window_width"]) == ("2-3", 2, 2)
     assert best["value"] == 0.75 and best["trial"] == "trainable_00001"
-    low, high = hand_percentile_ci([1.0, 1.0, 1.0, 0.0], BOOT)
+    low, high = hand_wilson(3, 4)
     assert (best["ci_low"], best["ci_high"]) == (pytest.approx(low), pytest.approx(high))
+    # 3 of 4 against the runner-up window's 2 of 4 (0-3: [1, 1, 0, 0]) on the same cases: one discordant pair,
+    # so not separated, and 4 cases is thin evidence.
+    assert best["runner_up"] == "layers 0-3" and best["separated"] is False
+    assert best["diff"] == pytest.approx(0.25) and best["test"] == "McNemar" and best["p_value"] == pytest.approx(1.0)
     rel = tables.best_windows.filter((pl.col("method") == "lora") & (pl.col("metric") == "reliability"))
     assert rel.row(0, named=True)["window"] == "2-3" and rel.row(0, named=True)["ci_high"] == 1.0
     memit = tables.windows.filter(pl.col("method") == "memit").row(0, named=True)
@@ -253,8 +267,10 @@ def test_layer_windows_name_the_best_window_with_its_interval(tmp_path):
     assert (memit["window"], memit["window_start"], memit["window_width"]) == ("3-5", 3, 3)
     assert (rome["window"], rome["window_start"], rome["window_width"]) == ("7", 7, 1)
     summary = (tmp_path / "report" / "summary.md").read_text()
-    assert f"best window for multihop_accuracy: **layers 2-3** (layer_start 2, width 2) = 0.750 [{low:.3f}, " \
-           f"{high:.3f}] n=4" in summary
+    assert (f"no best window for multi-hop accuracy: layers 2-3 = 0.750 [{low:.3f}, {high:.3f}] n=4 is **not "
+            "separated from layers 0-3**") in summary
+    assert "the evidence is thin (fewer than 30 paired cases)" in summary
+    assert "best window for multi-hop accuracy: **" not in summary
 
 
 def test_best_trial_per_method_follows_the_objective(tmp_path):
@@ -271,8 +287,9 @@ def test_best_trial_per_method_follows_the_objective(tmp_path):
     _, by_multihop = report(tmp_path, exp, objective="multihop_accuracy")
     lora = by_multihop.methods.filter(pl.col("method") == "lora").row(0, named=True)
     assert lora["trial"] == "trainable_00009" and lora["objective"] == 1.0
-    low, high = hand_percentile_ci([0.0, 0.0, 0.0, 0.0], BOOT)
-    assert (lora["reliability"], lora["reliability_ci_low"], lora["reliability_ci_high"]) == (0.0, low, high)
+    low, high = hand_wilson(0, 4)
+    assert (lora["reliability"], lora["reliability_ci_low"]) == (0.0, 0.0)
+    assert lora["reliability_ci_high"] == pytest.approx(high)  # 0 of 4 is no proof of 0: [0, 0.49]
 
 
 def test_pareto_front_and_cost_table(tmp_path):
@@ -292,7 +309,7 @@ def test_pareto_front_and_cost_table(tmp_path):
     cost = tables.cost.row(0, named=True)
     assert cost["trial"] == "b" and cost["edit_seconds_per_edit"] == 2.0 and cost["trainable_params"] == 200
     assert cost["trials"] == 5 and cost["sweep_compute_hours"] == pytest.approx(5 * 15 * 2 / 3600)
-    assert cost["median_edit_seconds_per_edit"] == 2.0
+    assert cost["median_cost_per_edit"] == 2.0 and cost["cost_unit"] == "wall s (no CPU time recorded)"
 
 
 def test_half_finished_experiment_reports_what_it_has_and_lists_failures(tmp_path):
@@ -421,13 +438,13 @@ def test_cli_groups_by_column_and_writes_every_format(tmp_path, capsys):
         ("dyknow", "sweep_a", "r1", "lora"), ("mquake", "sweep_b", "r2", "rome")]
     pngs = sorted(p.name for p in (out / "plots").glob("*.png"))
     # No multi-hop heatmap where no trial has multi-hop cases (dyknow here, and the ROME trial).
-    assert pngs == ["dyknow-cost-quality.png", "dyknow-lora-window-reliability.png", "dyknow-methods.png",
-                    "mquake-cost-quality.png", "mquake-lora-window-multihop_accuracy.png",
-                    "mquake-lora-window-reliability.png", "mquake-methods.png", "mquake-rome-window-reliability.png"]
+    assert pngs == ["dyknow-cost-quality.png", "dyknow-lora-windows.png", "dyknow-methods.png",
+                    "mquake-cost-quality.png", "mquake-lora-windows.png", "mquake-methods.png",
+                    "mquake-rome-windows.png"]
     for png in (out / "plots").glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     html = (out / "summary.html").read_text()
-    assert "<img src='plots/dyknow-methods.png'" in html and "<strong>layers 1-2</strong>" in html
+    assert "<img src='plots/dyknow-methods.png'" in html and "<strong>not separated from layers 2-3</strong>" in html
     md = (out / "summary.md").read_text()
     assert "![method bars](plots/mquake-methods.png)" in md
 

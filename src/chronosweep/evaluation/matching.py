@@ -34,3 +34,32 @@ def contains_answer(continuation: str, answers) -> bool:
         if a and re.search(rf"(?<![\w]){re.escape(a)}(?![\w])", text):
             return True
     return False
+
+
+# Words a full stop follows without ending a sentence ("St. Louis", "Dr. Who"); single letters (initials,
+# "U.S.") are kept whole by the rule itself.
+_ABBREVIATIONS = {"st", "dr", "mr", "mrs", "ms", "jr", "sr", "prof", "gen", "gov", "sen", "rep", "lt", "col", "capt",
+                  "mt", "ft", "no", "vs", "inc", "co", "corp", "ltd", "bros", "dept", "univ", "ave", "etc", "approx"}
+_SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
+
+
+def answer_span(continuation: str) -> str:
+    """The continuation up to the answer's end: the first line, cut after its first sentence end.
+
+    A 12-token continuation of an unrelated prompt often keeps its answer and drifts after it ("Europe. It is a
+    mountain range" -> "Europe.\\n\\nThe United States has"); the span is what the model answered.
+    """
+    text = continuation.lstrip()
+    text = text.split("\n", 1)[0]
+    for m in _SENTENCE_END.finditer(text):
+        words = re.findall(r"[\w']+", text[: m.start()])
+        last = words[-1].casefold() if words else ""
+        if text[m.start()] == "." and (len(last) == 1 or last in _ABBREVIATIONS):
+            continue
+        return text[: m.end()].strip()
+    return text.strip()
+
+
+def same_answer(a: str, b: str) -> bool:
+    """Two continuations give the same answer: their answer spans agree after normalisation."""
+    return normalize(answer_span(a)) == normalize(answer_span(b))

@@ -141,14 +141,14 @@ register(Metric("neighborhood", "neighborhood", "mean ROUGE-1 F1 between pre- an
                 "about an edited subject whose answer the trial does not change (DyKnow: the subject's other, "
                 "unedited elements; KnowEdit: Relation_Specificity; CounterFact: neighborhood prompts)", "quality",
                 probe="neighborhood", field="answer_score", match="rouge1 of answer spans", unit="probe",
-                interval="bootstrap", shown=_ALL))
+                interval="bootstrap", shown=frozenset({"cli", "report"})))
 register(Metric("neighborhood_exact", "neighborhood (same answer)", "share of neighborhood prompts whose answer "
                 "span is unchanged", "quality", probe="neighborhood", field="same_answer", match="equal answer spans",
                 unit="probe", interval="wilson", shown=frozenset({"cli"})))
 register(Metric("confusion", "confusion", "share of an edit's prompt and paraphrase probes answered with the new "
                 "object of a different edit of the trial (one subject's edits overwriting each other), averaged "
                 "over edits", "quality", direction="min", probe="rewrite", match="starts_with another edit's object",
-                unit="edit", interval="wilson", units=rules.confusion, shown=_ALL))
+                unit="edit", interval="wilson", units=rules.confusion, shown=frozenset({"cli", "report"})))
 register(Metric("leakage", "leakage", "share of locality, neighborhood and unchanged single-hop probes whose "
                 "post-edit continuation contains a new object of the trial that the pre-edit one did not", "quality",
                 direction="min", probe="locality", match="contains a new object", unit="probe", interval="wilson",
@@ -174,7 +174,7 @@ register(Metric("multihop_specific", "multi-hop (specific)", "share of multi-hop
 register(Metric("multihop_known", "multi-hop (known chains)", "multi-hop accuracy over the cases whose unchanged "
                 "hops the unedited model answers correctly (their number: n_multihop_known)", "quality",
                 probe="multihop", match="contains", unit="case", interval="wilson", units=rules.multihop_known,
-                shown=frozenset({"cli", "sweep", "report"})))
+                shown=frozenset({"cli", "report"})))
 register(Metric("hop_accuracy", "single-hop accuracy", "share of post-edit single-hop probes answered with that "
                 "hop's answer or an alias (a cloze: starts with it; a question: its answer span contains it)",
                 "quality", probe="hop", field="correct", pre_field="pre_correct", match="starts_with / contains",
@@ -192,7 +192,7 @@ _COST = [
     ("edit_seconds", "edit seconds", "wall time of the edit", {"cli", "sweep"}),
     ("edit_seconds_per_edit", "edit seconds per edit", "`edit_seconds / n_edits`", set()),
     ("edit_cpu_seconds", "edit CPU seconds", "process CPU time (user + system, all threads) of the edit: the work, "
-     "whatever else shared the cores", {"cli"}),
+     "whatever else shared the cores", {"cli", "sweep"}),
     ("edit_cpu_seconds_per_edit", "edit CPU seconds per edit", "`edit_cpu_seconds / n_edits`: the report's cost on "
      "CPU", set()),
     ("edit_gpu_seconds", "edit GPU seconds", "`edit_seconds x n_gpus` (null on CPU)", set()),

@@ -126,32 +126,44 @@ def window_panels(cells: pl.DataFrame, metrics: list[str], verdicts: dict[str, d
 
 
 def method_bars(methods: pl.DataFrame, metrics: tuple[str, ...], title: str, path: Path) -> Path | None:
-    """One group of bars per method (its best trial), one bar per metric, error bars = bootstrap interval."""
-    if methods.is_empty():
+    """One row per metric, one marker per method (its best trial) with its interval as a horizontal bar.
+
+    Rows rather than grouped bars: a dozen metrics stay readable, and a metric a trial lacks is written `n/a`
+    instead of being drawn as a zero.
+    """
+    if methods.is_empty() or not metrics:
         return None
-    names = [f"{m}\n({b})" for m, b in zip(methods["method"].to_list(), methods["basis"].to_list())]
-    fig = _figure(max(6.0, 1.6 * len(names) + 2), 4.2)
+    names = [f"{m} ({b})" for m, b in zip(methods["method"].to_list(), methods["basis"].to_list())]
+    k = len(names)
+    fig = _figure(8.5, 0.5 + (0.28 * k + 0.25) * len(metrics))
     ax = fig.add_subplot()
-    width = 0.8 / len(metrics)
-    x = np.arange(len(names))
-    for k, metric in enumerate(metrics):
-        values = methods[metric].cast(pl.Float64).fill_null(np.nan).to_numpy()
-        low = methods[f"{metric}_ci_low"].cast(pl.Float64).fill_null(np.nan).to_numpy()
-        high = methods[f"{metric}_ci_high"].cast(pl.Float64).fill_null(np.nan).to_numpy()
-        pos = x - 0.4 + width * (k + 0.5)
-        ax.bar(pos, np.nan_to_num(values), width, label=label(metric))
-        for at in pos[np.isnan(values)]:
-            # A metric the trial does not have (no paraphrases in the data...) must not read as a zero bar.
-            ax.text(at, 0.01, "n/a", ha="center", va="bottom", fontsize=7, color="grey", rotation=90)
-        has = ~np.isnan(low) & ~np.isnan(high) & ~np.isnan(values)
-        if has.any():
-            err = np.vstack([values[has] - low[has], high[has] - values[has]])
-            ax.errorbar(pos[has], values[has], yerr=np.clip(err, 0, None), fmt="none", ecolor="black", capsize=3,
-                        linewidth=1)
-    ax.set_xticks(x, names, fontsize=9)
-    ax.set_ylim(0, 1.08)
-    ax.set_ylabel("score")
-    ax.legend(ncols=min(len(metrics), 5), loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False, fontsize=9)
+    step = 0.8 / k
+    labelled: set[str] = set()
+    for j, name in enumerate(names):
+        colour = f"C{j % 10}"
+        for i, metric in enumerate(metrics):
+            y = i - 0.4 + step * (j + 0.5)
+            row = methods.row(j, named=True)
+            value, low, high = row.get(metric), row.get(f"{metric}_ci_low"), row.get(f"{metric}_ci_high")
+            if value is None:
+                ax.text(0.005, y, "n/a", fontsize=7, color="grey", va="center")
+                continue
+            if low is not None and high is not None:
+                ax.plot([low, high], [y, y], color=colour, linewidth=2, alpha=0.6)
+            ax.plot([value], [y], marker="o", color=colour, markersize=5, linestyle="none",
+                    label=None if name in labelled else name)
+            labelled.add(name)
+    ax.set_yticks(range(len(metrics)), [label(m) + (" (lower is better)" if registry.METRICS.get(m) is not None
+                                                    and registry.METRICS[m].direction == "min" else "")
+                                        for m in metrics], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_xlabel("value (dot) and 95% interval (bar)")
+    ax.grid(axis="x", alpha=0.3)
+    for i in range(1, len(metrics)):
+        ax.axhline(i - 0.5, color="lightgrey", linewidth=0.5)
+    # Outside the axes, so the legend never covers a point.
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
     ax.set_title(title, fontsize=10)
     fig.savefig(path, dpi=110)
     return path

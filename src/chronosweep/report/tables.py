@@ -268,9 +268,10 @@ def _best_windows(windows: pl.DataFrame, key: list[str], who: list[str], objecti
                   boot: Bootstrap) -> pl.DataFrame:
     """Per key group and headline metric: the best window, its runner-up, and whether the two are separated."""
     out = []
+    single = list(objective.terms()) if len(objective.terms()) == 1 else []
     for metric in HEADLINE_WINDOW_METRICS:
-        if metric not in windows.columns:
-            continue
+        if metric not in windows.columns or (metric == "objective" and single):
+            continue  # a one-metric objective is that metric's own line
         m = registry.METRICS.get(metric)
         lower = m is not None and m.direction == "min"
         cand = windows.filter(pl.col(metric).is_not_null())
@@ -343,8 +344,10 @@ def build_tables(df: pl.DataFrame, by: list[str], config_cols: list[str], object
 
     terms = [t for t in objective.terms() if t in ok.columns]
     shown = _present(ok, [*UNIT_METRICS, *(t for t in terms if t in INTERVAL_METRICS)])
-    best_cols = key + ["trials", *who, "objective", "verdict", "window", "config", *shown, COST, "cost_unit",
-                       "run_dir"]
+    # Objective terms without units (a cost such as edit_seconds) are shown as they are, so every term is in a table.
+    plain_terms = [t for t in terms if t not in INTERVAL_METRICS]
+    best_cols = key + ["trials", *who, "objective", "verdict", "window", "config", *shown, *plain_terms, COST,
+                       "cost_unit", "run_dir"]
     methods_cols = key + ["trials", "basis", *who, "objective", *_ci_columns(shown)]
     cost_cols = key + [*who, COST, "cost_unit", "edit_seconds_per_edit", "concurrent_trials", "load_average",
                        "compute_hours", "compute_unit", "trainable_params", "trainable_fraction", "peak_rss_mb",
@@ -359,7 +362,8 @@ def build_tables(df: pl.DataFrame, by: list[str], config_cols: list[str], object
                .sort(key + ["window_width", "window_start", "window"], nulls_last=True))
     window_metrics = _present(in_window, [*(t for t in terms if t in INTERVAL_METRICS), *WINDOW_METRICS])
     best_windows = _best_windows(windows, key, who, objective, units, boot)
-    windows = _select(windows, cell + ["trials", *who, "objective", *_ci_columns(window_metrics), "run_dir"])
+    windows = _select(windows, cell + ["trials", *who, "objective", *_ci_columns(window_metrics), *plain_terms,
+                                       "run_dir"])
 
     front = ok.filter(pl.col("pareto")).sort(groups + [COST, "objective_score"] if groups else [COST, "objective_score"],
                                              nulls_last=True)

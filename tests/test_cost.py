@@ -20,13 +20,25 @@ def test_cpu_seconds_count_work_not_waiting():
     assert slept < 0.1 and cpu_seconds() - start >= 0.2
 
 
+def _other_process(activity: NodeActivity, pid: int) -> NodeActivity:
+    """Make a record look as if another (live) process wrote it."""
+    record = json.loads(activity.path.read_text())
+    activity.path.write_text(json.dumps({**record, "pid": pid}))
+    return activity
+
+
 def test_trials_on_one_node_count_each_other(tmp_path):
-    a = NodeActivity.begin(tmp_path, tmp_path / "a")
+    alive = os.getppid()  # a live process that is not this one
+    a = _other_process(NodeActivity.begin(tmp_path, tmp_path / "a"), alive)
     b = NodeActivity.begin(tmp_path, tmp_path / "b")
     assert b.finish() == 1  # a is still running
-    c = NodeActivity.begin(tmp_path, tmp_path / "c")  # starts after b ended: overlaps a only
-    assert a.finish() == 2  # b and c both ran while a did
-    assert c.finish() == 1
+    c = NodeActivity.begin(tmp_path, tmp_path / "c")  # starts after b ended: b's record is this process's own
+    assert c.finish() == 1  # a, not b: a process runs one trial at a time, its earlier records are its past
+    b2 = _other_process(NodeActivity.begin(tmp_path, tmp_path / "b2"), alive)
+    d = NodeActivity.begin(tmp_path, tmp_path / "d")
+    assert d.finish() == 2  # a and b2, both still running
+    b2.finish()
+    a.finish()
     # A trial that finished before this one began is not counted; a killed one (dead pid, no end) ends at its
     # record's last write.
     folder = a.path.parent

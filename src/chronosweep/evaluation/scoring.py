@@ -100,10 +100,13 @@ def generic_units(metric: registry.Metric, rows: list[dict], side: str) -> dict[
 def unit_values(rows: list[dict], side: str = "post") -> dict[str, dict[str, float]]:
     """metric -> {unit id: value} for every registered quality metric the rows can measure."""
     out: dict[str, dict[str, float]] = {}
+    by_probe: dict[str, list[dict]] = {}
+    for r in rows:
+        by_probe.setdefault(r.get("probe"), []).append(r)
     for m in registry.METRICS.values():
         if not m.has_units:
             continue
-        units = m.units(rows, side) if m.units is not None else generic_units(m, rows, side)
+        units = m.units(rows, side) if m.units is not None else generic_units(m, by_probe.get(m.probe, []), side)
         if units:
             out[m.name] = units
     return out

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 from statistics import fmean
 
-from chronosweep.evaluation.matching import answer_span, contains_answer, normalize, starts_with_answer
+from chronosweep.evaluation.matching import (
+    answer_span,
+    contains_answer,
+    contains_normalized,
+    normalize,
+    starts_normalized,
+)
 
 
 def _text(row: dict, side: str) -> str:
@@ -33,14 +39,17 @@ def confusion(rows: list[dict], side: str) -> dict[str, float]:
     if len(objects) < 2:
         return {}
     groups: dict[str, list[float]] = {}
+    keys = {cid: frozenset(normalize(x) for x in a) for cid, a in objects.items()}
+    rivals: dict[str, list[tuple[str, ...]]] = {}
     for r in rows:
         if r.get("probe") not in ("rewrite", "paraphrase"):
             continue
         cid = str(r["case_id"])
-        own = objects.get(cid, ())
-        others = [answers for other, answers in objects.items() if other != cid and not _overlap(answers, own)]
-        text = _text(r, side)
-        groups.setdefault(cid, []).append(float(any(starts_with_answer(text, a) for a in others)))
+        if cid not in rivals:
+            own = keys.get(cid, frozenset())
+            rivals[cid] = [a for other, a in objects.items() if other != cid and not keys[other] & own]
+        text = normalize(_text(r, side))
+        groups.setdefault(cid, []).append(float(any(starts_normalized(text, a) for a in rivals[cid])))
     return {u: fmean(v) for u, v in groups.items()}
 
 
@@ -73,9 +82,9 @@ def leakage(rows: list[dict], side: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for unit, r in _leak_rows(rows):
         expected = r.get("expected") or () if r.get("probe") == "hop" else ()
-        pre, post = _text(r, "pre"), _text(r, "post")
-        out[unit] = float(any(contains_answer(post, a) and not contains_answer(pre, a)
-                              for a in objects if not _overlap(a, expected)))
+        pre, post = f" {normalize(_text(r, 'pre'))} ", f" {normalize(_text(r, 'post'))} "
+        out[unit] = float(any(contains_normalized(post, a) and not contains_normalized(pre, a)
+                              for a in objects if not (expected and _overlap(a, expected))))
     return out
 
 

@@ -110,7 +110,9 @@ def window_panels(cells: pl.DataFrame, metrics: list[str], verdicts: dict[str, d
                     color="red" if best else "dimgray")
         m = registry.METRICS.get(metric)
         better = "lower is better" if m is not None and m.direction == "min" else "higher is better"
-        ax.set_ylabel(f"{label(metric)}\n({better})", fontsize=8)
+        ns = sorted({r.get(f"{metric}_n") for r in rows} - {None})
+        n_text = f", n={ns[0]}" if len(ns) == 1 else (f", n={ns[0]}-{ns[-1]}" if ns else "")
+        ax.set_ylabel(f"{label(metric)}\n({better}{n_text})", fontsize=8)
         ax.set_ylim(0, 1.12)
     axes[-1].set_xlabel("decoder layer (each window drawn over the layers it edits)")
     layers = [x for r in _window_rows(cells, panels[0]) for x in (r["window_start"],
@@ -150,6 +152,10 @@ def method_bars(methods: pl.DataFrame, metrics: tuple[str, ...], title: str, pat
                 continue
             if low is not None and high is not None:
                 ax.plot([low, high], [y, y], color=colour, linewidth=2, alpha=0.6)
+            n = row.get(f"{metric}_n")
+            if n is not None:
+                ax.text(min(max(high if high is not None else value, value) + 0.015, 0.93), y, f"n={n}",
+                        fontsize=6, va="center", color="dimgray")
             ax.plot([value], [y], marker="o", color=colour, markersize=5, linestyle="none",
                     label=None if name in labelled else name)
             labelled.add(name)

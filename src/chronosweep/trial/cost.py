@@ -65,6 +65,8 @@ class NodeActivity:
                 continue
             try:
                 record = json.loads(other.read_text())
+                if int(record["pid"]) == os.getpid():
+                    continue  # an earlier trial of this process (one that failed never closed its record)
                 start, end = float(record["start"]), record.get("end")
                 if end is None and not _alive(int(record["pid"])):
                     end = other.stat().st_mtime  # killed before it could finish its record

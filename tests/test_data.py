@@ -186,7 +186,8 @@ def test_dataset_locality_without_probes_is_an_error(data_root):
 
 def test_jsonl_round_trip(data_root, tmp_path):
     original = load(data_root, "dyknow", limit=5).requests + load(data_root, "mquake-hard", limit=8).requests \
-        + load(data_root, "counterfact", limit=3).requests
+        + load(data_root, "counterfact", limit=3).requests + load(data_root, "mquake-remastered-t", limit=4).requests \
+        + load(data_root, "knowedit-recent", limit=40).requests
     path = write_jsonl(original, tmp_path / "edits.jsonl")
     back = load_edits(DataConfig(name=str(path), limit=None, locality="none"))
     assert unsourced(back.requests) == unsourced(original)
@@ -352,7 +353,7 @@ def test_data_command_summary(data_root, capsys, tmp_path):
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert "edits: 8 (modification 8, injection 0" in out
-    assert "multi-hop: 2 cases, 8 hops, 6 questions" in out
+    assert "multi-hop: 2 cases (8 edits), 8 hops (8 edited, 0 unchanged), 6 questions" in out
     assert "locality probes: 50" in out
     assert len(out_file.read_text().splitlines()) == 8
 

@@ -127,6 +127,14 @@ def hand_percentile_ci(values: list[float], boot: Bootstrap) -> tuple[float, flo
     return pct(tail), pct(100 - tail)
 
 
+def hand_wilson(successes: float, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson's score interval as textbooks write it: (p + z²/2n ± z·sqrt(p(1-p)/n + z²/4n²)) / (1 + z²/n)."""
+    p = successes / n
+    centre = p + z * z / (2 * n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, (centre - half) / (1 + z * z / n)), min(1.0, (centre + half) / (1 + z * z / n))
+
+
 # --- statistics -----------------------------------------------------------------------------------------------------
 
 def test_bootstrap_matches_longhand_percentile_bootstrap():
@@ -173,7 +181,9 @@ def test_plain_run_dirs_flattened_means_and_intervals(tmp_path):
                "locality": [0.5, 1.0, 0.25], "multihop_accuracy": [1, 0]}
     for metric, units in by_hand.items():
         assert row[metric] == pytest.approx(sum(units) / len(units))
-        low, high = hand_percentile_ci([float(u) for u in units], BOOT)
+        # Shares get Wilson intervals, ROUGE locality the bootstrap (the registry's interval field).
+        low, high = (hand_percentile_ci([float(u) for u in units], BOOT) if metric == "locality"
+                     else hand_wilson(sum(units), len(units)))
         assert row[f"{metric}_ci_low"] == pytest.approx(low, abs=1e-12)
         assert row[f"{metric}_ci_high"] == pytest.approx(high, abs=1e-12)
         assert row[f"{metric}_ci_low"] <= row[metric] <= row[f"{metric}_ci_high"]
@@ -244,8 +254,12 @@ def test_layer_windows_name_the_best_window_with_its_interval(tmp_path):
     best = best.row(0, named=True)
     assert (best["window"], best["window_start"], best["window_width"]) == ("2-3", 2, 2)
     assert best["value"] == 0.75 and best["trial"] == "trainable_00001"
-    low, high = hand_percentile_ci([1.0, 1.0, 1.0, 0.0], BOOT)
+    low, high = hand_wilson(3, 4)
     assert (best["ci_low"], best["ci_high"]) == (pytest.approx(low), pytest.approx(high))
+    # 3 of 4 against the runner-up window's 2 of 4 (0-3: [1, 1, 0, 0]) on the same cases: one discordant pair,
+    # so not separated, and 4 cases is thin evidence.
+    assert best["runner_up"] == "layers 0-3" and best["separated"] is False
+    assert best["diff"] == pytest.approx(0.25) and best["test"] == "McNemar" and best["p_value"] == pytest.approx(1.0)
     rel = tables.best_windows.filter((pl.col("method") == "lora") & (pl.col("metric") == "reliability"))
     assert rel.row(0, named=True)["window"] == "2-3" and rel.row(0, named=True)["ci_high"] == 1.0
     memit = tables.windows.filter(pl.col("method") == "memit").row(0, named=True)
@@ -253,8 +267,10 @@ def test_layer_windows_name_the_best_window_with_its_interval(tmp_path):
     assert (memit["window"], memit["window_start"], memit["window_width"]) == ("3-5", 3, 3)
     assert (rome["window"], rome["window_start"], rome["window_width"]) == ("7", 7, 1)
     summary = (tmp_path / "report" / "summary.md").read_text()
-    assert f"best window for multihop_accuracy: **layers 2-3** (layer_start 2, width 2) = 0.750 [{low:.3f}, " \
-           f"{high:.3f}] n=4" in summary
+    assert (f"no best window for multi-hop accuracy: layers 2-3 = 0.750 [{low:.3f}, {high:.3f}] n=4 is **not "
+            "separated from layers 0-3**") in summary
+    assert "the evidence is thin (fewer than 30 paired cases)" in summary
+    assert "best window for multi-hop accuracy: **" not in summary
 
 
 def test_best_trial_per_method_follows_the_objective(tmp_path):
@@ -271,8 +287,9 @@ def test_best_trial_per_method_follows_the_objective(tmp_path):
     _, by_multihop = report(tmp_path, exp, objective="multihop_accuracy")
     lora = by_multihop.methods.filter(pl.col("method") == "lora").row(0, named=True)
     assert lora["trial"] == "trainable_00009" and lora["objective"] == 1.0
-    low, high = hand_percentile_ci([0.0, 0.0, 0.0, 0.0], BOOT)
-    assert (lora["reliability"], lora["reliability_ci_low"], lora["reliability_ci_high"]) == (0.0, low, high)
+    low, high = hand_wilson(0, 4)
+    assert (lora["reliability"], lora["reliability_ci_low"]) == (0.0, 0.0)
+    assert lora["reliability_ci_high"] == pytest.approx(high)  # 0 of 4 is no proof of 0: [0, 0.49]
 
 
 def test_pareto_front_and_cost_table(tmp_path):
@@ -292,7 +309,7 @@ def test_pareto_front_and_cost_table(tmp_path):
     cost = tables.cost.row(0, named=True)
     assert cost["trial"] == "b" and cost["edit_seconds_per_edit"] == 2.0 and cost["trainable_params"] == 200
     assert cost["trials"] == 5 and cost["sweep_compute_hours"] == pytest.approx(5 * 15 * 2 / 3600)
-    assert cost["median_edit_seconds_per_edit"] == 2.0
+    assert cost["median_cost_per_edit"] == 2.0 and cost["cost_unit"] == "wall s (no CPU time recorded)"
 
 
 def test_half_finished_experiment_reports_what_it_has_and_lists_failures(tmp_path):
@@ -421,13 +438,13 @@ def test_cli_groups_by_column_and_writes_every_format(tmp_path, capsys):
         ("dyknow", "sweep_a", "r1", "lora"), ("mquake", "sweep_b", "r2", "rome")]
     pngs = sorted(p.name for p in (out / "plots").glob("*.png"))
     # No multi-hop heatmap where no trial has multi-hop cases (dyknow here, and the ROME trial).
-    assert pngs == ["dyknow-cost-quality.png", "dyknow-lora-window-reliability.png", "dyknow-methods.png",
-                    "mquake-cost-quality.png", "mquake-lora-window-multihop_accuracy.png",
-                    "mquake-lora-window-reliability.png", "mquake-methods.png", "mquake-rome-window-reliability.png"]
+    assert pngs == ["dyknow-cost-quality.png", "dyknow-lora-windows.png", "dyknow-methods.png",
+                    "mquake-cost-quality.png", "mquake-lora-windows.png", "mquake-methods.png",
+                    "mquake-rome-windows.png"]
     for png in (out / "plots").glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     html = (out / "summary.html").read_text()
-    assert "<img src='plots/dyknow-methods.png'" in html and "<strong>layers 1-2</strong>" in html
+    assert "<img src='plots/dyknow-methods.png'" in html and "<strong>not separated from layers 2-3</strong>" in html
     md = (out / "summary.md").read_text()
     assert "![method bars](plots/mquake-methods.png)" in md
 
@@ -465,3 +482,79 @@ def test_report_ranks_by_the_sweeps_own_objective_when_it_can(tmp_path):
     assert costed.value({"reliability": 0.5, "edit_seconds": 2.0}) == pytest.approx(0.3)
     assert sweep_objective([sweep("f", {"metric": "edit_seconds", "mode": "min"})])[0].mode == "min"
     assert sweep_objective([tmp_path / "not-a-sweep"])[0] is None
+
+
+# --- intervals that hold at small n, winners only with a paired comparison ------------------------------------------
+
+def test_wilson_against_textbook_values():
+    from chronosweep.report.stats import clopper_pearson, mcnemar_p, wilson
+
+    assert wilson(1.0, 3) == (pytest.approx(0.4385, abs=5e-4), 1.0)  # 3 of 3: not [1, 1]
+    assert wilson(0.5, 10) == (pytest.approx(0.2366, abs=5e-4), pytest.approx(0.7634, abs=5e-4))
+    assert wilson(0.0, 20)[1] == pytest.approx(0.1611, abs=5e-4)
+    assert clopper_pearson(3, 3) == (pytest.approx(0.2924, abs=5e-4), 1.0)
+    assert clopper_pearson(5, 10) == (pytest.approx(0.1871, abs=5e-4), pytest.approx(0.8129, abs=5e-4))
+    assert mcnemar_p(10, 0) == pytest.approx(2 * 0.5 ** 10) and mcnemar_p(3, 3) == 1.0
+
+
+def test_paired_comparison_mcnemar_and_bootstrap():
+    from chronosweep.report.stats import paired_comparison
+
+    ids = [f"c{i}" for i in range(120)]
+    # A gets 12 cases B misses and misses none B gets: 12 discordant pairs all one way.
+    a = {u: float(i < 60) for i, u in enumerate(ids)}
+    b = {u: float(i < 48) for i, u in enumerate(ids)}
+    c = paired_comparison(a, b, BOOT)
+    assert c.method == "McNemar" and c.discordant == (12, 0) and c.separated and not c.thin
+    assert c.diff == pytest.approx(0.1) and c.p_value == pytest.approx(2 * 0.5 ** 12)
+    # Same shares, but the discordant pairs split 7:5: not separated.
+    b2 = {u: float(i < 48 or 60 <= i < 65) for i, u in enumerate(ids)}
+    b2.update({ids[i]: 0.0 for i in range(48, 60)})
+    b2.update({ids[i]: 1.0 for i in range(48, 53)})
+    c2 = paired_comparison(a, b2, BOOT)
+    assert c2.discordant == (7, 5) and not c2.separated and c2.low < 0 < c2.high
+    # Graded units: the bootstrap of the paired differences, over the shared ids only.
+    g = paired_comparison({"x": 0.9, "y": 0.8, "z": 0.7, "only_a": 0.0}, {"x": 0.5, "y": 0.5, "z": 0.5}, BOOT)
+    assert g.method == "paired bootstrap" and g.n == 3 and g.thin and g.diff == pytest.approx(0.3) and g.separated
+
+
+def test_a_window_is_named_best_only_when_separated_and_thin_evidence_is_said(tmp_path):
+    exp = tmp_path / "sweep"
+    n = 60
+    strong = [1] * 40 + [0] * 20  # 40 of 60
+    weak = [1] * 20 + [0] * 40    # 20 of 60, the same cases plus none: 20 discordant pairs one way
+    level = [1] * 19 + [0] + [1] * 1 + [0] * 39  # 20 of 60 too, near-identical to weak
+    for k, (start, mh) in enumerate([(0, weak), (2, strong), (4, level)]):
+        tune_trial(exp, f"trainable_{k:05d}", {}, method="lora", options={"layer_start": start, "layer_width": 2},
+                   preds=predictions(rewrite=[1, 1, 1], multihop=mh, locality=[1.0]))
+    _, tables = report(tmp_path, exp, objective="multihop_accuracy")
+    best = tables.best_windows.filter(pl.col("metric") == "multihop_accuracy").row(0, named=True)
+    assert best["window"] == "2-3" and best["separated"] is True and best["test"] == "McNemar"
+    assert best["runner_up"] in ("layers 0-1", "layers 4-5") and best["paired_n"] == n
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert "best window for multi-hop accuracy: **layers 2-3** = 0.667" in summary
+    # Reliability is 1 in every window: a tie, said as one; three edits is thin evidence.
+    rel = tables.best_windows.filter(pl.col("metric") == "reliability").row(0, named=True)
+    assert rel["separated"] is False and rel["ties"] == 2
+    assert "no best window for reliability" in summary and "the evidence is thin (fewer than 30 paired edits)" in summary
+    # The best configuration of the method carries the same comparison, on the objective.
+    lora = tables.best.row(0, named=True)
+    assert lora["trial"] == "trainable_00001" and lora["verdict"].startswith("separated from")
+
+
+def test_cost_is_cpu_seconds_and_different_concurrency_is_flagged(tmp_path):
+    exp = tmp_path / "edits"
+    # Alone, a trial's wall time looks cheap; its CPU seconds say what it used.
+    write_run(exp / "alone", preds=predictions(rewrite=[1, 1]), edit_seconds=10.6, edit_seconds_per_edit=5.3,
+              edit_cpu_seconds=30.0, eval_cpu_seconds=4.0, edit_cpu_seconds_per_edit=15.0, concurrent_trials=0)
+    write_run(exp / "shared", preds=predictions(rewrite=[1, 1]), edit_seconds=30.0, edit_seconds_per_edit=15.0,
+              edit_cpu_seconds=29.0, eval_cpu_seconds=4.0, edit_cpu_seconds_per_edit=14.5, concurrent_trials=1)
+    df, tables = report(tmp_path, exp)
+    rows = {r["trial"]: r for r in df.iter_rows(named=True)}
+    assert rows["alone"]["cost_per_edit"] == 15.0 and rows["alone"]["cost_unit"] == "CPU s"
+    assert rows["alone"]["compute_hours"] == pytest.approx(34.0 / 3600)
+    # Same objective: the front keeps the one with fewer CPU seconds, not the one that ran alone.
+    assert tables.pareto["trial"].to_list() == ["shared"]
+    assert any("ran beside 0, 1 other trials" in note for note in tables.cost_notes)
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert "compare cost per edit (CPU or GPU seconds), not wall seconds" in summary

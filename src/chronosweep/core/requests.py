@@ -9,10 +9,13 @@ from dataclasses import dataclass, field
 class Hop:
     """One single-hop cloze of a multi-hop chain, with the answer expected after the edit."""
 
+    # The prompt the answer follows; "" when the source gives the hop as a question only (MQuAKE-Remastered).
     cloze: str
     answer: str
     aliases: tuple[str, ...] = ()
     question: str | None = None
+    # The hop the case's edit rewrites (its answer is the new object); the others must keep their answers.
+    changed: bool = False
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,9 @@ class MultiHop:
     answer: str
     aliases: tuple[str, ...] = ()
     hops: tuple[Hop, ...] = ()
+    # The questions are clozes the answer follows (KnowEdit's Reasoning probes), asked as they are rather than
+    # wrapped in the question template.
+    cloze: bool = False
 
 
 @dataclass(frozen=True)
@@ -52,8 +58,15 @@ class EditRequest:
     time_end: str | None = None
     # Shared by every edit of one MQuAKE case; evaluation counts each case once.
     multihop: MultiHop | None = None
+    # Further cases that rest on this edit alone (MQuAKE-Remastered: one edit recurs in several cases; KnowEdit:
+    # each Reasoning probe is a case), so an edit shared by cases is trained once.
+    cases: tuple[MultiHop, ...] = ()
     # Probes that come with the record (CounterFact/zsRE); used when data.locality is "dataset".
     locality: tuple[LocalityProbe, ...] = ()
+    # Prompts about the edited subject (or, for CounterFact, its neighbours) whose answers the edit must not
+    # change: DyKnow's other elements of the subject, KnowEdit's Relation_Specificity. load_edits drops those
+    # another edit of the trial rewrites.
+    neighborhood: tuple[LocalityProbe, ...] = ()
     # "file:record" where the edit came from, for error messages and predictions.
     source: str = ""
 
@@ -64,6 +77,10 @@ class EditRequest:
     @property
     def answers(self) -> tuple[str, ...]:
         return (self.target_new, *self.target_new_aliases)
+
+    @property
+    def multihop_cases(self) -> tuple[MultiHop, ...]:
+        return ((self.multihop,) if self.multihop is not None else ()) + self.cases
 
 
 @dataclass
@@ -76,3 +93,5 @@ class EditSet:
     # Records that could not form an edit, by reason, so nothing is silently lost.
     skipped: dict[str, int] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
+    # Probes of the file no metric reads, by kind.
+    unused: dict[str, int] = field(default_factory=dict)

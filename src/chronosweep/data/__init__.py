@@ -5,10 +5,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from chronosweep.core.requests import EditRequest, EditSet, LocalityProbe
-from chronosweep.data import dyknow, easyedit, jsonl, known, mquake
+from chronosweep.data import dyknow, easyedit, jsonl, knowedit, known, mquake, mquake_remastered
 from chronosweep.data.catalog import BUNDLED, KNOWN_1000
 from chronosweep.data.config import DataConfig
 from chronosweep.data.errors import DataError, type_name
@@ -20,7 +21,7 @@ __all__ = ["BUNDLED", "DataError", "LAYOUTS", "detect_layout", "load_edits", "re
 write_jsonl = jsonl.write_jsonl
 
 
-LAYOUTS = ("dyknow", "mquake", "counterfact", "zsre", "chronosweep")
+LAYOUTS = ("dyknow", "mquake", "mquake-remastered", "counterfact", "zsre", "knowedit", "chronosweep")
 
 
 def detect_layout(data) -> str:
@@ -35,6 +36,10 @@ def detect_layout(data) -> str:
             return "counterfact"
         if "src" in first and "alt" in first:
             return "zsre"
+        if "questions" in first and "answers" in first and "target" in first:
+            return "dyknow"  # DyKnow's per-model editing_dataset.json
+        if isinstance(first.get("portability"), dict) or isinstance(first.get("locality"), dict):
+            return "knowedit"
     return "chronosweep"
 
 
@@ -43,12 +48,15 @@ PARSERS = {
     "mquake": mquake.parse,
     "counterfact": easyedit.parse_counterfact,
     "zsre": easyedit.parse_zsre,
+    "knowedit": knowedit.parse,
 }
 
 
 def read_edits(path: Path, layout: str | None = None, prefix: str | None = None) -> tuple[str, Parsed]:
     """(layout, parsed edits) of one .json or .jsonl file; layout None detects it from the content."""
     prefix = prefix or path.stem
+    if layout == "mquake-remastered" or (layout is None and path.suffix == ".txt"):
+        return "mquake-remastered", mquake_remastered.read(path, prefix)
     if path.suffix == ".jsonl":
         lines = read_jsonl(path)
         data = [rec for _, rec in lines]
@@ -134,6 +142,16 @@ def load_edits(cfg: DataConfig, progress=None) -> EditSet:
     if not requests:
         raise DataError(f"{path}: no edits left after data.offset={cfg.offset} (the file has {total} edits "
                         f"in {len(_units(parsed.requests))} units)")
+    requests = untouched_neighbours(requests)
     locality = _locality(cfg, requests, str(path), files, progress)
-    return EditSet(name=cfg.name, requests=requests, locality=locality, skipped=dict(parsed.skipped), files=files)
+    return EditSet(name=cfg.name, requests=requests, locality=locality, skipped=dict(parsed.skipped), files=files,
+                   unused=dict(parsed.unused))
+
+
+def untouched_neighbours(requests: list[EditRequest]) -> list[EditRequest]:
+    """Drop neighborhood probes another edit of the trial rewrites: their answers are meant to change."""
+    edited = {p for r in requests for p in (r.prompt, *r.paraphrases)}
+    return [r if all(n.prompt not in edited for n in r.neighborhood)
+            else replace(r, neighborhood=tuple(n for n in r.neighborhood if n.prompt not in edited))
+            for r in requests]
 

@@ -7,10 +7,12 @@ from collections import Counter
 
 
 def register(subparsers) -> None:
+    from chronosweep.data.catalog import BUNDLED
+
     p = subparsers.add_parser(
         "data", help="load and summarize a dataset (counts by relation and kind, skipped records, probes)",
         description="Load DATASET exactly as a trial's data: section would and print what it holds. "
-                    "DATASET is a bundled name (dyknow, mquake, mquake-hard, counterfact, zsre) or a .json/.jsonl file.")
+                    f"DATASET is a bundled name ({', '.join(BUNDLED)}) or a .json/.jsonl (MQuAKE-Remastered: .txt) file.")
     p.add_argument("dataset", metavar="DATASET")
     p.add_argument("--root", help="folder holding the bundled files (data.root; default $CHRONOSWEEP_DATA, then ../shared/data)")
     p.add_argument("--path", help="read this file for the named dataset (data.path)")
@@ -48,7 +50,7 @@ def summarize(edits, cfg) -> str:
     by_relation: dict[str, Counter] = {}
     for r in reqs:
         by_relation.setdefault(r.relation or "(none)", Counter())[r.kind] += 1
-    cases = {r.multihop.case_id: r.multihop for r in reqs if r.multihop is not None}
+    cases = {m.case_id: m for r in reqs for m in r.multihop_cases}
     lines = [
         f"dataset {edits.name}: {', '.join(edits.files[:1])}",
         f"edits: {len(reqs)} (modification {kinds['modification']}, injection {kinds['injection']}; "
@@ -64,8 +66,15 @@ def summarize(edits, cfg) -> str:
     lines.append(f"skipped records (whole file): {skipped}")
     for reason, n in sorted(edits.skipped.items(), key=lambda kv: -kv[1]):
         lines.append(f"  {reason}: {n}")
-    lines.append(f"multi-hop: {len(cases)} cases, {sum(len(m.hops) for m in cases.values())} hops, "
+    for reason, n in sorted(edits.unused.items(), key=lambda kv: -kv[1]):
+        lines.append(f"  not used: {reason}: {n}")
+    hops = [h for m in cases.values() for h in m.hops]
+    changed = sum(h.changed for h in hops)
+    lines.append(f"multi-hop: {len(cases)} cases ({sum(len(r.multihop_cases) > 0 for r in reqs)} edits), {len(hops)} "
+                 f"hops ({changed} edited, {len(hops) - changed} unchanged), "
                  f"{sum(len(m.questions) for m in cases.values())} questions")
+    lines.append(f"neighborhood probes: {sum(len(r.neighborhood) for r in reqs)} "
+                 f"(about {len({r.subject for r in reqs if r.neighborhood})} edited subjects)")
     source = {"known_1000": edits.files[-1] if len(edits.files) > 1 else "known_1000",
               "dataset": "the records' own", "none": "none"}[cfg.locality]
     lines.append(f"locality probes: {len(edits.locality)} ({source})")

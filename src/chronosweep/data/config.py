@@ -30,7 +30,8 @@ class DataConfig:
             problems.append(f"{where}.offset: must be >= 0, got {self.offset}")
         if self.locality_limit < 0:
             problems.append(f"{where}.locality_limit: must be >= 0, got {self.locality_limit}")
-        if self.name not in BUNDLED and not (self.name.endswith((".json", ".jsonl"))):
+        if self.name not in BUNDLED and not (self.name.endswith((".json", ".jsonl", ".txt"))):
             problems.append(
-                f"{where}.name: {self.name!r} is neither a bundled dataset ({', '.join(BUNDLED)}) nor a .json/.jsonl path"
+                f"{where}.name: {self.name!r} is neither a bundled dataset ({', '.join(BUNDLED)}) nor a "
+                f".json/.jsonl (or MQuAKE-Remastered .txt) path"
             )

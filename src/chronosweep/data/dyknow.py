@@ -9,9 +9,10 @@ current holder -> ``target_new``; the most recently ended holder with another na
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
-from chronosweep.core.requests import EditRequest
+from chronosweep.core.requests import EditRequest, LocalityProbe
 from chronosweep.data.errors import DataError, Fields, Problems, type_name
 from chronosweep.data.parsed import Parsed
 
@@ -80,11 +81,25 @@ def edit_from_answers(answers: tuple[str, ...]) -> tuple[str, dict, str] | str:
     return name, tags, max(earlier)[1]
 
 
+def _with_neighbours(out: Parsed, owners: list[tuple[str, str]], prompts: dict[str, list[tuple[str, str]]]) -> Parsed:
+    """Give each edit (entity, record) the generic prompts of its entity's other elements as neighborhood probes."""
+    out.requests = [
+        replace(r, neighborhood=tuple(LocalityProbe(p) for rec, p in prompts.get(entity, []) if rec != record))
+        for r, (entity, record) in zip(out.requests, owners)
+    ]
+    return out
+
+
 def parse(data, path: Path, prefix: str) -> Parsed:
+    if isinstance(data, list):
+        return parse_editing_set(data, path, prefix)
     problems = Problems(str(path))
     if not isinstance(data, dict):
-        raise DataError(f"{path}: a DyKnow file is an object of categories, got {type_name(data)}")
+        raise DataError(f"{path}: a DyKnow file is an object of categories (grc_generated.json) or a list of "
+                        f"edits (editing_dataset.json), got {type_name(data)}")
     out = Parsed()
+    owners: list[tuple[str, str]] = []
+    prompts: dict[str, list[tuple[str, str]]] = {}
     for category, entity, relation, element in _elements(data, problems):
         record = f"{category}/{entity}" + (f"/{relation}" if relation else "")
         f = Fields(element, f"record {record}", problems)
@@ -98,11 +113,13 @@ def parse(data, path: Path, prefix: str) -> Parsed:
             q.fail(PROMPT_KEY, "missing")
         if any(v is None for v in phrasings.values()) or PROMPT_KEY not in questions:
             continue
+        prompts.setdefault(f"{category}/{entity}", []).append((record, phrasings[PROMPT_KEY].rstrip()))
         result = edit_from_answers(answers)
         if isinstance(result, str):
             out.skipped[result] += 1
             continue
         new, tags, old = result
+        owners.append((f"{category}/{entity}", record))
         out.requests.append(EditRequest(
             case_id=f"{prefix}:{record}",
             subject=entity,
@@ -116,4 +133,68 @@ def parse(data, path: Path, prefix: str) -> Parsed:
             source=f"{path.name}:{record}",
         ))
     problems.raise_if_any()
-    return out
+    return _with_neighbours(out, owners, prompts)
+
+
+EDITING_SET_FIELDS = {"prompt", "target", "subject", "domain", "element", "attribute", "prompt_type", "questions",
+                      "answers"}
+
+
+def parse_editing_set(data: list, path: Path, prefix: str) -> Parsed:
+    """DyKnow's per-model editing_dataset.json: a list of the facts one model has outdated."""
+    problems = Problems(str(path))
+    out = Parsed()
+    owners: list[tuple[str, str]] = []
+    prompts: dict[str, list[tuple[str, str]]] = {}
+    ids: set[str] = set()
+    for i, rec in enumerate(data):
+        if not isinstance(rec, dict):
+            problems.add(f"record {i}", f"expected an object, got {type_name(rec)}")
+            continue
+        f = Fields(rec, f"record {i}", problems)
+        f.unknown(EDITING_SET_FIELDS)
+        prompt, target, element = f.text("prompt"), f.text("target"), f.text("element")
+        domain = f.text("domain")
+        subject = f.text("subject", required=False, nullable=True)
+        attribute = f.text("attribute", required=False, nullable=True)
+        questions = f.obj("questions")
+        answers = f.texts("answers", required=True)
+        phrasings: dict[str, str | None] = {}
+        if questions is not None:
+            q = f.nested(questions, "questions")
+            phrasings = {key: q.text(key) for key in questions}
+        if None in (prompt, target, element, domain, questions, answers) or None in phrasings.values():
+            continue
+        record = f"{domain}/{element}" + (f"/{attribute}" if attribute else "")
+        f.where = f"record {i} ({record})"
+        generic = phrasings.get(PROMPT_KEY) or prompt
+        prompts.setdefault(f"{domain}/{element}", []).append((record, generic.rstrip()))
+        if record in ids:
+            f.fail("element", f"duplicate edit of {record}")
+            continue
+        ids.add(record)
+        parsed = [parse_answer(a) for a in answers]
+        if any(p is None for p in parsed):
+            out.skipped["unparsable answer"] += 1
+            continue
+        earlier = [(time_key(tags["E"]), name) for name, tags in parsed if "E" in tags and name != target]
+        if not earlier:
+            out.skipped["no earlier holder with another name"] += 1
+            continue
+        tags = next((t for name, t in parsed if name == target and "E" not in t), {})
+        owners.append((f"{domain}/{element}", record))
+        # ROME/MEMIT look the subject up in the prompt: DyKnow's subject ("Prime Minister of Italy") is there,
+        # the element ("Italy") is the fallback.
+        out.requests.append(EditRequest(
+            case_id=f"{prefix}:{record}",
+            subject=subject if subject and subject in prompt else element,
+            prompt=prompt.rstrip(),
+            target_new=target,
+            target_true=max(earlier)[1],
+            paraphrases=tuple(v.rstrip() for v in phrasings.values() if v.rstrip() != prompt.rstrip()),
+            relation=attribute or domain,
+            time_start=tags.get("S"),
+            source=f"{path.name}:{i}",
+        ))
+    problems.raise_if_any()
+    return _with_neighbours(out, owners, prompts)

@@ -1,5 +1,6 @@
 """CounterFact and zsRE in the layouts EasyEdit reads (its CounterFactDataset and ZsreDataset), each record
-one edit carrying one paraphrase and one locality probe of its own.
+one edit carrying one paraphrase and one locality probe of its own. A CounterFact record's locality prompt (and
+ROME's ``neighborhood_prompts`` where the file has them) are also its neighborhood probes.
 
 zsRE's ``loc`` keeps its ``nq question: `` prefix and ``answers[0]`` is the old object, as in EasyEdit; records
 with an empty ``alt`` are skipped, as EasyEdit skips them.
@@ -49,6 +50,11 @@ def parse_counterfact(data, path: Path, prefix: str) -> Parsed:
         rephrase = f.texts("rephrase_prompt", allow_str=True) or ()
         loc_prompt = f.text("locality_prompt", required=False)
         loc_answer = f.text("locality_ground_truth", required=False)
+        # ROME's neighborhood prompts (other subjects with the edit's relation and old object); EasyEdit's
+        # locality_prompt is one of them.
+        neighbours = [p.rstrip() for p in f.texts("neighborhood_prompts", allow_str=True) or ()]
+        if loc_prompt:
+            neighbours.insert(0, loc_prompt.rstrip())
         if None in (prompt, subject, new):
             continue
         out.requests.append(EditRequest(
@@ -59,6 +65,8 @@ def parse_counterfact(data, path: Path, prefix: str) -> Parsed:
             target_true=true,
             paraphrases=tuple(p.rstrip() for p in rephrase),
             locality=(LocalityProbe(loc_prompt.rstrip(), loc_answer),) if loc_prompt else (),
+            neighborhood=tuple(LocalityProbe(p, true if loc_answer is None else loc_answer)
+                               for p in dict.fromkeys(neighbours)),
             source=f"{path.name}:{i}",
         ))
     _check_ids(out, path)

@@ -53,6 +53,14 @@ ORIGINS: dict[str, Origin] = {
     "mquake/MQuAKE-hard.json": Origin(
         "fc78dc7bec4625d3ce6e2923acae7f1920691b0b23e663182bf799f2856f2a11",
         "wangywUST/DeepEdit", "c90b2958", "datasets/MQuAKE-hard.json"),
+    # MQuAKE-Remastered (Zhong et al., 2024), derived from MQuAKE (Zhong et al., 2023); CC BY 4.0.
+    "mquake-remastered/mquake-T.txt": Origin(
+        "9d6f0b0994414d91b00ce24fb476fc1978a3b09ba52b0795a638e9946d48cc9d",
+        "leo-liuzy/mend", "96c5d60729e2ce3a5b2918f3a12df44af92e84b5", "spotcheck/mquake-T.txt"),
+    "knowedit/recent_train.json": Origin(
+        "e918ad6fdf7dedb1bb06358ae478d054767a27afae11fff1c83a2b5c187359d3",
+        "5456es/Edit_Evaluation", "61fbce928af13bd89cb3586e20ee712ed4ddff7d",
+        "KnowEdit/benchmark/wiki_recent/recent_train.json"),
     "counterfact/counterfact-edit-1k.json": Origin(
         "a76ca148f3d7214d2939aaa023da12f400770898de1d6bb45ba8b04cf2d88db7",
         "Jometeorie/KnowledgeSpread", "51d7402617c2e52bde0dc11b76e400c3725a181a",

@@ -14,9 +14,9 @@ from chronosweep.data.errors import Fields, Problems, type_name
 from chronosweep.data.parsed import Parsed
 
 FIELDS = {"case_id", "subject", "prompt", "target_new", "target_new_aliases", "target_true", "paraphrases",
-          "relation", "time_start", "time_end", "multihop", "locality"}
-MULTIHOP_FIELDS = {"case_id", "questions", "answer", "aliases", "hops"}
-HOP_FIELDS = {"cloze", "answer", "aliases", "question"}
+          "relation", "time_start", "time_end", "multihop", "cases", "locality", "neighborhood"}
+MULTIHOP_FIELDS = {"case_id", "questions", "answer", "aliases", "hops", "cloze"}
+HOP_FIELDS = {"cloze", "answer", "aliases", "question", "changed"}
 LOCALITY_FIELDS = {"prompt", "answer"}
 
 
@@ -40,26 +40,39 @@ def _objects(f: Fields, key: str, known: set[str]) -> list[Fields]:
     return out
 
 
+def _flag(f: Fields, key: str) -> bool:
+    value = f.record.get(key, False)
+    if not isinstance(value, bool):
+        f.fail(key, f"expected true or false, got {type_name(value)}")
+        return False
+    return value
+
+
+def _case(m: Fields, case_id: str) -> MultiHop | None:
+    m.unknown(MULTIHOP_FIELDS)
+    hops = []
+    for h in _objects(m, "hops", HOP_FIELDS):
+        # A hop is asked as its cloze, or (no cloze) as its question.
+        question = h.text("question", required=False, nullable=True)
+        cloze = h.text("cloze", required=question is None)
+        answer, aliases = h.text("answer"), h.texts("aliases") or ()
+        if (cloze is not None or question is not None) and answer is not None:
+            hops.append(Hop((cloze or "").rstrip(), answer, aliases, question, _flag(h, "changed")))
+    questions, answer = m.texts("questions", required=True), m.text("answer")
+    aliases = m.texts("aliases") or ()
+    mid = m.ident("case_id")
+    if questions is None or answer is None:
+        return None
+    return MultiHop(mid if mid is not None else case_id, questions, answer, aliases, tuple(hops), _flag(m, "cloze"))
+
+
 def _multihop(f: Fields, case_id: str) -> MultiHop | None:
     if f.record.get("multihop") is None:
         return None
     value = f.obj("multihop")
     if value is None:
         return None
-    m = f.nested(value, "multihop")
-    m.unknown(MULTIHOP_FIELDS)
-    hops = []
-    for h in _objects(m, "hops", HOP_FIELDS):
-        cloze, answer = h.text("cloze"), h.text("answer")
-        aliases, question = h.texts("aliases") or (), h.text("question", required=False, nullable=True)
-        if cloze is not None and answer is not None:
-            hops.append(Hop(cloze.rstrip(), answer, aliases, question))
-    questions, answer = m.texts("questions", required=True), m.text("answer")
-    aliases = m.texts("aliases") or ()
-    mid = m.ident("case_id")
-    if questions is None or answer is None:
-        return None
-    return MultiHop(mid if mid is not None else case_id, questions, answer, aliases, tuple(hops))
+    return _case(f.nested(value, "multihop"), case_id)
 
 
 def parse(records: list[tuple[str, object]], path: Path, prefix: str) -> Parsed:
@@ -95,6 +108,11 @@ def parse(records: list[tuple[str, object]], path: Path, prefix: str) -> Parsed:
             ),
         )
         multihop = _multihop(f, case_id)
+        more = tuple(c for j, m in enumerate(_objects(f, "cases", MULTIHOP_FIELDS))
+                     if (c := _case(m, f"{case_id}:case:{j}")) is not None)
+        neighbours = tuple(LocalityProbe(p.rstrip(), loc.text("answer", required=False, nullable=True))
+                           for loc in _objects(f, "neighborhood", LOCALITY_FIELDS)
+                           if (p := loc.text("prompt")) is not None)
         if multihop is not None:
             # Edits of one multi-hop case repeat its object; they must agree so the case is counted once.
             first = cases.setdefault(multihop.case_id, multihop)
@@ -104,7 +122,8 @@ def parse(records: list[tuple[str, object]], path: Path, prefix: str) -> Parsed:
         if None in (subject, prompt, new):
             continue
         out.requests.append(EditRequest(case_id=case_id, subject=subject, prompt=prompt.rstrip(), target_new=new,
-                                        multihop=multihop, source=f"{path.name}:{where.split()[-1]}", **request))
+                                        multihop=multihop, cases=more, neighborhood=neighbours,
+                                        source=f"{path.name}:{where.split()[-1]}", **request))
     problems.raise_if_any()
     return out
 
@@ -125,15 +144,22 @@ def to_record(r: EditRequest) -> dict:
     if r.time_end is not None:
         rec["time_end"] = r.time_end
     if r.multihop is not None:
-        m = r.multihop
-        rec["multihop"] = {"case_id": m.case_id, "questions": list(m.questions), "answer": m.answer,
-                           "aliases": list(m.aliases),
-                           "hops": [{"cloze": h.cloze, "answer": h.answer, "aliases": list(h.aliases),
-                                     **({"question": h.question} if h.question is not None else {})} for h in m.hops]}
-    if r.locality:
-        rec["locality"] = [{"prompt": p.prompt, **({"answer": p.answer} if p.answer is not None else {})}
-                           for p in r.locality]
+        rec["multihop"] = _case_record(r.multihop)
+    if r.cases:
+        rec["cases"] = [_case_record(m) for m in r.cases]
+    for key in ("locality", "neighborhood"):
+        if getattr(r, key):
+            rec[key] = [{"prompt": p.prompt, **({"answer": p.answer} if p.answer is not None else {})}
+                        for p in getattr(r, key)]
     return rec
+
+
+def _case_record(m: MultiHop) -> dict:
+    hops = [{**({"cloze": h.cloze} if h.cloze else {}), "answer": h.answer, "aliases": list(h.aliases),
+             **({"question": h.question} if h.question is not None else {}), **({"changed": True} if h.changed else {})}
+            for h in m.hops]
+    return {"case_id": m.case_id, "questions": list(m.questions), "answer": m.answer, "aliases": list(m.aliases),
+            "hops": hops, **({"cloze": True} if m.cloze else {})}
 
 
 def write_jsonl(requests: list[EditRequest], path: str | Path) -> Path:

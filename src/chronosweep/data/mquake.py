@@ -6,6 +6,7 @@ The rewrite's ``question`` is a question, not a cloze the object can follow, so 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from chronosweep.core.requests import EditRequest, Hop, MultiHop
@@ -81,6 +82,9 @@ def parse(data, path: Path, prefix: str) -> Parsed:
             edits.append((j, prompt, subject, new, true, relation, same[0].aliases if same else ()))
         if cid is None or questions is None or answer is None:
             continue
+        # A hop is the edited one when it is a rewrite's cloze with that rewrite's new object.
+        rewritten = {(prompt, new) for _, prompt, _, new, *_ in edits}
+        hops = [replace(h, changed=(h.cloze, h.answer) in rewritten) for h in hops]
         multihop = MultiHop(case_id=f"{prefix}:{cid}", questions=questions, answer=answer, aliases=aliases,
                             hops=tuple(hops))
         for j, prompt, subject, new, true, relation, new_aliases in edits:

@@ -1,4 +1,4 @@
-"""Measure a model on the probes (greedy continuations, teacher-forced top tokens); cache the unedited model's."""
+"""Measure a model on the probes (scoring compares the measurements: evaluation.scoring), and cache the unedited model's."""
 
 from __future__ import annotations
 

@@ -69,7 +69,7 @@ class Objective:
                 if missing == "error":
                     raise ValueError(
                         f"objective metric {name!r} is null for this trial (its data has no probes for it, "
-                        f"e.g. multihop_accuracy needs data.name mquake); change objective or data"
+                        f"e.g. multihop_accuracy needs multi-hop cases: data.name mquake-remastered-t); change objective or data"
                     )
                 continue
             total += weight * float(value)

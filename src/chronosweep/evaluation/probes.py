@@ -7,21 +7,30 @@ from dataclasses import dataclass
 from chronosweep.core.requests import EditSet
 from chronosweep.evaluation.config import EvalConfig
 
+KINDS = ("rewrite", "paraphrase", "locality", "neighborhood", "multihop", "hop")
+
 
 @dataclass(frozen=True)
 class Probe:
-    kind: str  # rewrite | paraphrase | locality | multihop | hop
+    kind: str  # one of KINDS
     case_id: str
     prompt: str
-    # Accepted answers; empty for locality, whose reference is the pre-edit continuation.
+    # Accepted answers; empty for locality and neighborhood, whose reference is the pre-edit continuation.
     answers: tuple[str, ...] = ()
     # Text scored token by token under teacher forcing (EasyEdit's accuracies); None: not scored that way.
     tf_target: str | None = None
     # For multi-hop: the case's other questions, all asked; the case counts if any is answered.
     questions: tuple[str, ...] = ()
+    # For hops: the hop the edit rewrites (True) or one whose answer must stay (False).
+    changed: bool = False
+    # How a hop's continuation counts: a cloze must start with the answer; a question's answer span must contain it.
+    match: str = "starts_with"
 
 
 def build_probes(edits: EditSet, eval_cfg: EvalConfig) -> list[Probe]:
+    def ask(question: str) -> str:
+        return eval_cfg.question_template.format(question=question)
+
     probes: list[Probe] = []
     for r in edits.requests:
         target = " " + r.target_new.strip()
@@ -31,15 +40,20 @@ def build_probes(edits: EditSet, eval_cfg: EvalConfig) -> list[Probe]:
     for i, loc in enumerate(edits.locality):
         tf = " " + loc.answer.strip() if loc.answer else None
         probes.append(Probe("locality", f"locality:{i}", loc.prompt, (), tf))
+    for r in edits.requests:
+        for n in r.neighborhood:
+            probes.append(Probe("neighborhood", r.case_id, n.prompt))
     seen: set[str] = set()
     for r in edits.requests:
-        mh = r.multihop
-        if mh is None or mh.case_id in seen:
-            continue
-        seen.add(mh.case_id)
-        answers = (mh.answer, *mh.aliases)
-        qs = tuple(eval_cfg.question_template.format(question=q) for q in mh.questions)
-        probes.append(Probe("multihop", mh.case_id, qs[0] if qs else "", answers, None, qs))
-        for hop in mh.hops:
-            probes.append(Probe("hop", mh.case_id, hop.cloze, (hop.answer, *hop.aliases), None))
+        for mh in r.multihop_cases:
+            if mh.case_id in seen:
+                continue
+            seen.add(mh.case_id)
+            answers = (mh.answer, *mh.aliases)
+            qs = tuple(q if mh.cloze else ask(q) for q in mh.questions)
+            probes.append(Probe("multihop", mh.case_id, qs[0] if qs else "", answers, None, qs))
+            for hop in mh.hops:
+                prompt, match = (hop.cloze, "starts_with") if hop.cloze else (ask(hop.question or ""), "contains")
+                probes.append(Probe("hop", mh.case_id, prompt, (hop.answer, *hop.aliases), None, (),
+                                    hop.changed, match))
     return probes

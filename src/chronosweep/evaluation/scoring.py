@@ -12,7 +12,7 @@ from statistics import fmean
 from rouge_score import rouge_scorer
 
 from chronosweep.evaluation import metrics as registry
-from chronosweep.evaluation.matching import contains_answer, starts_with_answer
+from chronosweep.evaluation.matching import answer_span, contains_answer, normalize, starts_with_answer
 
 
 def _token_acc(ids, top) -> float | None:
@@ -21,20 +21,30 @@ def _token_acc(ids, top) -> float | None:
     return sum(int(a == b) for a, b in zip(ids, top)) / len(ids)
 
 
+def _compare(rouge, ref: str, hyp: str) -> dict:
+    """Locality-style fields: pre- vs post-edit continuation, whole and cut at the answer's end."""
+    def f1(a: str, b: str) -> float:
+        return rouge.score(a, b)["rouge1"].fmeasure if a.strip() or b.strip() else 1.0
+
+    ref_span, hyp_span = answer_span(ref), answer_span(hyp)
+    return {"score": f1(ref, hyp), "pre_answer": ref_span, "post_answer": hyp_span,
+            "answer_score": f1(ref_span, hyp_span), "same_answer": normalize(ref_span) == normalize(hyp_span)}
+
+
 def score_rows(probes, pre, post) -> list[dict]:
     """One prediction row per probe (docs/run-dir.md, predictions.jsonl)."""
     rouge = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=False)
     rows: list[dict] = []
     for i, p in enumerate(probes):
         row = {"probe": p.kind, "case_id": p.case_id, "prompt": p.prompt, "expected": list(p.answers)}
-        if p.kind == "locality":
+        if p.kind in ("locality", "neighborhood"):
             ref, hyp = pre.continuations[p.prompt], post.continuations[p.prompt]
-            f1 = rouge.score(ref, hyp)["rouge1"].fmeasure if ref.strip() or hyp.strip() else 1.0
             agree = None
             if pre.top_tokens[i] is not None:
                 # EasyEdit's locality accuracy: post-edit top tokens agreeing with the pre-edit ones.
                 agree = _token_acc(pre.top_tokens[i], post.top_tokens[i])
-            row.update(expected=[ref], pre=ref, post=hyp, correct=None, pre_correct=None, score=f1, token_acc=agree)
+            row.update(expected=[ref], pre=ref, post=hyp, correct=None, pre_correct=None, token_acc=agree,
+                       **_compare(rouge, ref, hyp))
         elif p.kind == "multihop":
             outs = [post.continuations[q] for q in p.questions]
             pres = [pre.continuations[q] for q in p.questions]
@@ -45,10 +55,17 @@ def score_rows(probes, pre, post) -> list[dict]:
                        token_acc=None, questions=list(p.questions), pre_all=pres, post_all=outs)
         else:
             before, after = pre.continuations[p.prompt], post.continuations[p.prompt]
-            ok = starts_with_answer(after, p.answers)
-            row.update(pre=before, post=after, correct=ok, pre_correct=starts_with_answer(before, p.answers),
+            if p.match == "contains":
+                # A question's answer comes in a sentence of its own words: the answer span must contain it.
+                ok = contains_answer(answer_span(after), p.answers)
+                was = contains_answer(answer_span(before), p.answers)
+            else:
+                ok, was = starts_with_answer(after, p.answers), starts_with_answer(before, p.answers)
+            row.update(pre=before, post=after, correct=ok, pre_correct=was,
                        score=float(ok), token_acc=_token_acc(post.target_ids[i], post.top_tokens[i]))
             row["pre_token_acc"] = _token_acc(pre.target_ids[i], pre.top_tokens[i])
+            if p.kind == "hop":
+                row.update(changed=p.changed, match=p.match)
         rows.append(row)
     return rows
 
@@ -67,6 +84,8 @@ def generic_units(metric: registry.Metric, rows: list[dict], side: str) -> dict[
     for r in rows:
         if r.get("probe") != metric.probe:
             continue
+        if any(r.get(k) != v for k, v in metric.where):
+            continue
         cid = str(r.get("case_id"))
         n = seen.get(cid, 0)
         seen[cid] = n + 1
@@ -81,20 +100,28 @@ def generic_units(metric: registry.Metric, rows: list[dict], side: str) -> dict[
 def unit_values(rows: list[dict], side: str = "post") -> dict[str, dict[str, float]]:
     """metric -> {unit id: value} for every registered quality metric the rows can measure."""
     out: dict[str, dict[str, float]] = {}
+    by_probe: dict[str, list[dict]] = {}
+    for r in rows:
+        by_probe.setdefault(r.get("probe"), []).append(r)
     for m in registry.METRICS.values():
         if not m.has_units:
             continue
-        units = m.units(rows, side) if m.units is not None else generic_units(m, rows, side)
+        units = m.units(rows, side) if m.units is not None else generic_units(m, by_probe.get(m.probe, []), side)
         if units:
             out[m.name] = units
     return out
 
 
 def aggregate(units: dict[str, dict[str, float]], side: str = "post") -> dict:
-    """Each quality metric's value: the mean of its units; None where the data has no probes for it."""
+    """Each quality metric's value: the mean of its units; None where the data has no probes for it.
+
+    The post-edit side also carries the counts that number a metric's units (n_multihop_known).
+    """
     out = {}
     for m in registry.METRICS.values():
-        if not m.has_units or (side == "pre" and m.pre_field is None and m.units is None):
+        if m.units_of is not None and side == "post":
+            out[m.name] = len(units.get(m.units_of, {}))
+        if not m.has_units or (side == "pre" and not m.has_pre):
             continue
         values = units.get(m.name)
         out[m.name] = fmean(values.values()) if values else None

@@ -9,13 +9,14 @@ from pathlib import Path
 import polars as pl
 
 from chronosweep.core.errors import UserError
+from chronosweep.evaluation import metrics as registry
 from chronosweep.evaluation.objective import Objective
 from chronosweep.report import render as r
 from chronosweep.report.load import UNIT_METRICS, load_trials, load_units
-from chronosweep.report.stats import DEFAULT_OBJECTIVE, Bootstrap, parse_objective
+from chronosweep.report.stats import DEFAULT_OBJECTIVE, THIN, Bootstrap, parse_objective
 from chronosweep.report.tables import (
     COST,
-    WINDOW_METRICS,
+    INTERVAL_METRICS,
     Tables,
     add_derived,
     add_intervals,
@@ -23,6 +24,7 @@ from chronosweep.report.tables import (
     build_tables,
     check_columns,
     layers_label,
+    unit_map,
 )
 
 FORMATS = ("md", "csv", "json")
@@ -57,17 +59,18 @@ def make_report(experiments: list[str | Path], out: str | Path, options: ReportO
     check_columns(loaded.trials, options.by, objective)
     df = add_derived(loaded.trials, objective)
     ok_dirs = df.filter(pl.col("status") == "ok")["run_dir"].to_list()
-    units, unit_problems = load_units(ok_dirs)
+    units_frame, unit_problems = load_units(ok_dirs)
+    units = unit_map(units_frame)
     df, warnings = add_intervals(df, units, options.bootstrap)
     df = add_pareto(df, options.by)
-    tables = build_tables(df, options.by, loaded.config_columns)
+    tables = build_tables(df, options.by, loaded.config_columns, objective, units, options.bootstrap)
     tables.warnings = loaded.problems + unit_problems + warnings
 
     out = Path(out)
     (out / "plots").mkdir(parents=True, exist_ok=True)
     files = [out / "trials.parquet"]
     df.write_parquet(files[0])
-    plots = make_plots(df, tables, out) if options.plots else {}
+    plots = make_plots(df, tables, out, objective) if options.plots else {}
     blocks = summary_blocks(df, tables, options, [str(e) for e in experiments], plots)
     (out / "summary.md").write_text(r.to_markdown(blocks))
     (out / "summary.html").write_text(r.to_html(blocks, "chronosweep report"))
@@ -117,30 +120,40 @@ def _group_title(groups: list[str], values: tuple) -> str:
     return ", ".join(f"{c}={v}" for c, v in zip(groups, values))
 
 
-def make_plots(df: pl.DataFrame, tables: Tables, out: Path) -> dict[tuple, str]:
+# Panels of the layer-window figure, in order (those the trials have).
+WINDOW_PANELS = ("objective", "multihop_accuracy", "multihop_specific", "leakage", "hop_accuracy", "locality_answer",
+                 "locality", "reliability")
+
+
+def _present(df: pl.DataFrame, columns) -> list[str]:
+    return [c for c in columns if c in df.columns and df[c].null_count() < df.height]
+
+
+def make_plots(df: pl.DataFrame, tables: Tables, out: Path, objective: Objective | None = None) -> dict[tuple, str]:
     """Every figure, keyed by what it shows; values are paths relative to out."""
     from chronosweep.report import plots as p
 
     made: dict[tuple, str] = {}
     ok = df.filter(pl.col("status") == "ok")
+    several_terms = objective is not None and len(objective.terms()) > 1
     for g in _group_values(tables, [tables.methods, ok]):
         title = _group_title(tables.groups, g)
         suffix = f" ({title})" if title else ""
         methods = _in_group(tables.methods, tables.groups, g)
         name = f"plots/{p.slug(*g, 'methods')}.png"
-        if p.method_bars(methods, UNIT_METRICS, f"Best trial per method, 95% bootstrap CI over edits{suffix}",
-                         out / name):
+        shown = tuple(_present(methods, UNIT_METRICS))
+        if shown and p.method_bars(methods, shown, f"Best trial per method, 95% intervals (Wilson for shares, "
+                                   f"bootstrap for scores){suffix}", out / name):
             made[("methods", g)] = name
         windows = _in_group(tables.windows, tables.groups, g)
         best = _in_group(tables.best_windows, tables.groups, g)
         for method in windows["method"].unique(maintain_order=True).to_list():
-            for metric in WINDOW_METRICS:
-                pick = best.filter((pl.col("method") == method) & (pl.col("metric") == metric))
-                name = f"plots/{p.slug(*g, method, 'window', metric)}.png"
-                heading = f"{method}: {p.label(metric)} by layer window{suffix}"
-                if p.window_heatmap(windows.filter(pl.col("method") == method), metric,
-                                    pick.row(0, named=True) if pick.height else None, heading, out / name):
-                    made[("window", g, method, metric)] = name
+            cells = windows.filter(pl.col("method") == method)
+            panels = [m for m in _present(cells, WINDOW_PANELS) if m != "objective" or several_terms]
+            verdicts = {r["metric"]: r for r in best.filter(pl.col("method") == method).iter_rows(named=True)}
+            name = f"plots/{p.slug(*g, method, 'windows')}.png"
+            if p.window_panels(cells, panels, verdicts, f"{method}: layer windows, 95% intervals{suffix}", out / name):
+                made[("window", g, method)] = name
         name = f"plots/{p.slug(*g, 'cost-quality')}.png"
         if p.cost_quality(_in_group(ok, tables.groups, g), COST, f"Quality against edit cost{suffix}", out / name):
             made[("cost", g)] = name
@@ -149,12 +162,58 @@ def make_plots(df: pl.DataFrame, tables: Tables, out: Path) -> dict[tuple, str]:
 
 # --- the summary ----------------------------------------------------------------------------------------------------
 
+def _credits(df: pl.DataFrame) -> list[str]:
+    from chronosweep.data.catalog import CREDITS
+
+    names = set()
+    for col in ("dataset", "data.name"):
+        if col in df.columns:
+            names.update(v for v in df[col].drop_nulls().unique().to_list() if isinstance(v, str))
+    return [f"{n}: {CREDITS[n]}" for n in sorted(names) if n in CREDITS]
+
+
+def _with(row: dict, metric: str) -> str:
+    return r.with_ci(row.get(metric), row.get(f"{metric}_ci_low"), row.get(f"{metric}_ci_high"), row.get(f"{metric}_n"))
+
+
+def window_bullets(tables: Tables, objective: Objective) -> list[str]:
+    """'best window for X: **layers a-b** = v [lo, hi] n=N; leakage ..., locality ...; separated from ...'."""
+    items = []
+    cells = {(tuple(w[c] for c in tables.key), w["window"]): w for w in tables.windows.iter_rows(named=True)}
+    for row in tables.best_windows.iter_rows(named=True):
+        where = _group_title(tables.key, tuple(row[c] for c in tables.key))
+        metric = row["metric"]
+        cell = cells.get((tuple(row[c] for c in tables.key), row["window"]), {})
+        what = f"the objective ({objective.describe()})" if metric == "objective" else registry.label(metric)
+        value = r.with_ci(row["value"], row["ci_low"], row["ci_high"], row["n"])
+        beside = [f"{registry.label(m)} {_with(cell, m)}" for m in ("leakage", "locality_answer", "locality",
+                                                                   "multihop_specific", "hop_accuracy")
+                  if m != metric and cell.get(m) is not None]
+        verdict = row.get("verdict") or ""
+        if row.get("separated"):
+            text = f"{where}: best window for {what}: **{layers_label(row['window'])}** = {value}; {verdict}"
+        elif row.get("runner_up"):
+            # Not separated: no winner is named, the leading window is said to be level with the runner-up.
+            text = f"{where}: no best window for {what}: {layers_label(row['window'])} = {value} is {verdict}"
+        else:
+            text = f"{where}: {what}: {layers_label(row['window'])} = {value} ({verdict})"
+        if row["ties"]:
+            text += f" (tied on the value with {row['ties']} other window{'s' if row['ties'] > 1 else ''})"
+        if beside:
+            text += "; beside it: " + ", ".join(beside)
+        if row["n"] is not None and row["n"] < THIN and "evidence is thin" not in text:
+            text += f"; the evidence is thin (n={row['n']} < {THIN})"
+        items.append(text)
+    return items
+
+
 def summary_blocks(df: pl.DataFrame, tables: Tables, options: ReportOptions, experiments: list[str],
                    plots: dict[tuple, str]) -> list[r.Block]:
     counts = dict(df.group_by("status").len().iter_rows())
     boot = options.bootstrap
     level = f"{100 * boot.confidence:g}%"
     objective = resolve_objective(options.objective)
+    credits = _credits(df.filter(pl.col("status") == "ok"))
     blocks: list[r.Block] = [
         r.Heading(1, "chronosweep report"),
         r.Bullets([
@@ -162,17 +221,25 @@ def summary_blocks(df: pl.DataFrame, tables: Tables, options: ReportOptions, exp
             "Trials: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("ok", "failed", "running", "invalid")),
             f"Objective: {objective.describe()} (the same value the sweep computes; a trial lacking a term has the "
             "terms it has scaled to the full weight)",
-            f"Intervals: {level} percentile bootstrap over edits ({boot.n_resamples} resamples, seed {boot.seed}), "
-            "from each trial's predictions.jsonl; a method with several trials is shown by its best trial "
-            "(highest objective, then cheapest per edit)",
+            f"Intervals ({level}, from each trial's predictions.jsonl, n = units): Wilson score intervals for shares "
+            f"(reliability, generalization, multi-hop per case, leakage...), percentile bootstrap for graded scores "
+            f"(ROUGE locality, token accuracies; {boot.n_resamples} resamples, seed {boot.seed})",
+            "A best trial or window is named only when its difference from the runner-up on the same units has an "
+            f"interval excluding 0 (McNemar for 0/1 outcomes, paired bootstrap otherwise); fewer than {THIN} paired "
+            "units is called thin evidence",
             "Grouped by: " + ", ".join(tables.key),
+            *(f"Data: {c}" for c in credits),
             f"Written {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}",
         ]),
         r.Heading(2, "Best configuration per method"),
-        r.table(tables.best.drop("run_dir")),
-        r.Heading(2, f"Quality per method ({level} bootstrap CI over edits)"),
-        r.Para("Each row is the method's best trial; `basis` says of how many. n = edits (reliability, "
-               "generalization) or probes (locality, multi-hop cases) resampled."),
+        r.Para("The trial with the highest objective per method, compared with the method's runner-up trial "
+               "(`verdict`): the objective's difference with a paired bootstrap interval, each term resampled over "
+               "its own units."),
+        r.table(tables.best.drop("run_dir"), ci_metrics=()),
+        r.Heading(2, f"Quality per method ({level} intervals)"),
+        r.Para("Each row is the method's best trial; `basis` says of how many. n = the units resampled: edits "
+               "(reliability, generalization, confusion), probes (locality, neighborhood, leakage, hops) or "
+               "multi-hop cases."),
         r.table(tables.methods, ci_metrics=UNIT_METRICS),
     ]
     blocks += [r.Image(path, "method bars") for key, path in plots.items() if key[0] == "methods"]
@@ -183,29 +250,27 @@ def summary_blocks(df: pl.DataFrame, tables: Tables, options: ReportOptions, exp
                              "<method>.layers or <method>.layer)."))
     else:
         blocks.append(r.Para("A cell is one layer window of one method; when several trials share a window the cell "
-                             "shows the one with the best objective (`trials` counts them)."))
-        items = []
-        for row in tables.best_windows.iter_rows(named=True):
-            where = _group_title(tables.key, tuple(row[c] for c in tables.key))
-            span = (f" (layer_start {row['window_start']}, width {row['window_width']})"
-                    if row["window_start"] is not None else "")
-            items.append(f"{where}: best window for {row['metric']}: **{layers_label(row['window'])}**{span} = "
-                         f"{r.with_ci(row['value'], row['ci_low'], row['ci_high'], row['n'])}, trial {row['trial']}"
-                         + (f" (tied on the value with {row['ties']} other window{'s' if row['ties'] > 1 else ''})"
-                            if row["ties"] else ""))
-        blocks.append(r.Bullets(items))
-        blocks.append(r.table(tables.windows, ci_metrics=WINDOW_METRICS))
-        blocks += [r.Image(path, f"{key[2]} {key[3]} by window") for key, path in plots.items() if key[0] == "window"]
+                             "shows the one with the best objective (`trials` counts them). Each headline metric's "
+                             "best window is compared with the runner-up window on the same units."))
+        blocks.append(r.Bullets(window_bullets(tables, objective)))
+        blocks.append(r.table(tables.windows.drop("run_dir"), ci_metrics=INTERVAL_METRICS))
+        blocks += [r.Image(path, f"{key[2]} by window") for key, path in plots.items() if key[0] == "window"]
 
     blocks += [
         r.Heading(2, "Cost"),
-        r.Para("Best trial per method. compute = (edit + post-edit evaluation seconds) x GPUs / 3600 as GPU-hours "
-               "when the trial used GPUs, x CPU threads / 3600 as CPU-hours otherwise; objective per hour divides "
-               "the objective by it (compare rows with the same unit). The last columns cover all of the method's "
-               "trials."),
+        r.Para("Best trial per method. `cost_per_edit` is what the edit used, not how long it waited: process CPU "
+               "seconds (user + system) per edit on CPU, GPU seconds (wall x GPUs) per edit on GPU. "
+               "`concurrent_trials` is how many other trials ran on the node meanwhile, `load_average` the node's "
+               "load when it finished. compute = (edit + evaluation) CPU seconds / 3600 as CPU-hours, or "
+               "wall x GPUs / 3600 as GPU-hours; objective per hour divides the objective by it. The last columns "
+               "cover all of the method's trials."),
         r.table(tables.cost),
+    ]
+    if tables.cost_notes:
+        blocks.append(r.Bullets(tables.cost_notes))
+    blocks += [
         r.Heading(2, "Pareto front: quality against edit cost"),
-        r.Para(f"Finished trials that no other trial beats on both edit seconds per edit (lower) and objective "
+        r.Para(f"Finished trials that no other trial beats on both cost per edit (lower) and objective "
                f"(higher){' within its group' if tables.groups else ''}."),
         r.table(tables.pareto),
     ]

@@ -76,7 +76,8 @@ def cmd_report(args: argparse.Namespace) -> int:
                                                           for s in ("ok", "failed", "running", "invalid")))
     for row in result.tables.best.iter_rows(named=True):
         where = ", ".join(f"{c}={row[c]}" for c in result.tables.key)
-        print(f"  best {where}: objective {row['objective']:.3f} ({row['trial']})")
+        verdict = f"; {row['verdict']}" if row.get("verdict") else ""
+        print(f"  best {where}: objective {row['objective']:.4f} ({row['trial']}{verdict})".replace("**", ""))
     for warning in result.tables.warnings:
         print(f"  warning: {warning}")
     print(f"report: {Path(args.out).resolve() / 'summary.md'}")

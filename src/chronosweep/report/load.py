@@ -352,7 +352,7 @@ def read_predictions(path: Path) -> tuple[list[dict] | None, str | None]:
     return rows, None
 
 
-_SCORED_PROBES = {"rewrite", "paraphrase", "locality", "multihop"}
+_SCORED_PROBES = {"rewrite", "paraphrase", "locality", "neighborhood", "multihop"}
 
 
 def load_units(run_dirs: list[str], progress: bool = False) -> tuple[pl.DataFrame, list[str]]:

@@ -1,4 +1,4 @@
-"""PNG figures: layer-window heatmaps, method bars with interval error bars, cost against quality with its front.
+"""PNG figures: layer windows drawn over their layers, method bars with interval error bars, cost against quality.
 
 Figures are built with matplotlib's object API on the Agg canvas (no pyplot, so no global figure state and no
 display needed).
@@ -13,7 +13,6 @@ import numpy as np
 import polars as pl
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
 from matplotlib.ticker import FuncFormatter
 
 from chronosweep.evaluation import metrics as registry
@@ -47,71 +46,130 @@ def _fmt_ci(value, low, high) -> str:
     return f"{value:.2f} [{low:.2f}, {high:.2f}]"
 
 
-def window_heatmap(cells: pl.DataFrame, metric: str, best: dict | None, title: str, path: Path) -> Path | None:
-    """Colour = metric of each (layer_start, layer_width) cell; the best cell boxed in red and starred."""
-    cells = cells.filter(pl.col("window_start").is_not_null() & pl.col("window_width").is_not_null())
-    if cells.is_empty() or cells[metric].drop_nulls().is_empty():
+def _window_rows(cells: pl.DataFrame, metric: str) -> list[dict]:
+    cells = cells.filter(pl.col("window_start").is_not_null() & pl.col("window_width").is_not_null()
+                         & pl.col(metric).is_not_null())
+    return list(cells.sort("window_start", "window_width").iter_rows(named=True))
+
+
+def _marks(verdict: dict | None) -> tuple[str | None, set[str], str]:
+    """(the best window, windows to mark as tied, legend text) from a best_windows row."""
+    if not verdict or verdict.get("window") is None:
+        return None, set(), ""
+    value = _fmt_ci(verdict["value"], verdict.get("ci_low"), verdict.get("ci_high"))
+    runner = verdict.get("runner_up")
+    if verdict.get("separated"):
+        return verdict["window"], set(), f"best: {layers_label(verdict['window'])} = {value}"
+    if runner:
+        tied = {verdict["window"], runner.removeprefix("layers ").removeprefix("layer ")}
+        return None, tied, f"tie: {layers_label(verdict['window'])} not separated from {runner}"
+    return None, set(), f"only window: {layers_label(verdict['window'])} = {value}"
+
+
+def window_panels(cells: pl.DataFrame, metrics: list[str], verdicts: dict[str, dict], title: str,
+                  path: Path) -> Path | None:
+    """One panel per metric, the layer index on a shared x axis: each window is drawn over the layers it spans.
+
+    Windows of one width that do not overlap are bars (adjacent windows touch, so there are no gaps that read as
+    missing data); otherwise each window is a horizontal segment over its layers. Error bars are the intervals;
+    the best window is starred only when it is separated from the runner-up, a tie is hatched and called a tie.
+    """
+    panels = [m for m in metrics if _window_rows(cells, m)]
+    if not panels:
         return None
-    # Every layer between the first and last start gets a column, so distances on the axis are distances in layers.
-    present = cells["window_start"].to_list()
-    starts = list(range(min(present), max(present) + 1))
-    widths = sorted(set(cells["window_width"].to_list()))
-    grid = np.full((len(widths), len(starts)), np.nan)
-    for s, w, v in cells.select("window_start", "window_width", metric).iter_rows():
-        if v is not None:
-            grid[widths.index(w), starts.index(s)] = v
-    fig = _figure(max(5.5, 0.38 * len(starts) + 2.5), max(3.0, 0.45 * len(widths) + 1.8))
-    ax = fig.add_subplot()
-    image = ax.imshow(np.ma.masked_invalid(grid), origin="lower", aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0)
-    ax.set_xticks(range(len(starts)), [str(s) for s in starts], fontsize=8 if len(starts) > 20 else 10)
-    ax.set_yticks(range(len(widths)), [str(w) for w in widths])
-    ax.set_xlabel("first edited layer (layer_start)")
-    ax.set_ylabel("window width (layers)")
-    if grid.size <= 160:
-        for (i, j), v in np.ndenumerate(grid):
-            if not np.isnan(v):
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
-                        color="black" if v > 0.6 else "white")
-    if best is not None and best.get("window_start") is not None:
-        j, i = starts.index(best["window_start"]), widths.index(best["window_width"])
-        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5,
-                               label=f"best: {layers_label(best['window'])} = "
-                                     f"{_fmt_ci(best['value'], best['ci_low'], best['ci_high'])}"))
-        ax.plot([j + 0.32], [i + 0.3], marker="*", markersize=8, color="red", linestyle="none")
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False, fontsize=9)
-    fig.colorbar(image, ax=ax, label=label(metric))
-    ax.set_title(title, fontsize=10)
+    fig = _figure(8.0, 1.9 * len(panels) + 1.4)
+    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    handles = {}
+    for ax, metric in zip(axes, panels):
+        rows = _window_rows(cells, metric)
+        widths = sorted({r["window_width"] for r in rows})
+        spans = [(r["window_start"], r["window_start"] + r["window_width"] - 1) for r in rows]
+        bars = len(widths) == 1 and all(b[0] > a[1] for a, b in zip(spans, spans[1:]))
+        best, tied, legend = _marks(verdicts.get(metric))
+        for r, (lo, hi) in zip(rows, spans):
+            value = r[metric]
+            low, high = r.get(f"{metric}_ci_low"), r.get(f"{metric}_ci_high")
+            colour = f"C{widths.index(r['window_width']) % 10}"
+            centre = (lo + hi) / 2
+            mark = r["window"] == best or r["window"] in tied
+            if bars:
+                h = ax.bar(centre, value, width=hi - lo + 1, color=colour, alpha=0.75, edgecolor="black",
+                           linewidth=1.8 if mark else 0.6, hatch="//" if r["window"] in tied else None)
+            else:
+                (h,) = ax.plot([lo - 0.45, hi + 0.45], [value, value], color=colour, linewidth=4 if mark else 2.5,
+                               solid_capstyle="butt")
+            handles.setdefault(f"width {r['window_width']}", h)
+            if low is not None and high is not None:
+                ax.errorbar([centre], [value], yerr=[[max(value - low, 0)], [max(high - value, 0)]], fmt="none",
+                            ecolor="black", capsize=3, linewidth=1)
+            if r["window"] == best:
+                ax.plot([centre], [min(1.0, (high if high is not None else value)) + 0.06], marker="*",
+                        markersize=10, color="red", linestyle="none")
+        if legend:
+            ax.text(0.0, 1.02, legend, transform=ax.transAxes, fontsize=8, va="bottom",
+                    color="red" if best else "dimgray")
+        m = registry.METRICS.get(metric)
+        better = "lower is better" if m is not None and m.direction == "min" else "higher is better"
+        ns = sorted({r.get(f"{metric}_n") for r in rows} - {None})
+        n_text = f", n={ns[0]}" if len(ns) == 1 else (f", n={ns[0]}-{ns[-1]}" if ns else "")
+        ax.set_ylabel(f"{label(metric)}\n({better}{n_text})", fontsize=8)
+        ax.set_ylim(0, 1.12)
+    axes[-1].set_xlabel("decoder layer (each window drawn over the layers it edits)")
+    layers = [x for r in _window_rows(cells, panels[0]) for x in (r["window_start"],
+                                                                  r["window_start"] + r["window_width"] - 1)]
+    step = max(1, (max(layers) - min(layers) + 1) // 15)
+    axes[-1].set_xticks(range(min(layers), max(layers) + 1, step))
+    if len(handles) > 1:
+        fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=len(handles),
+                   frameon=False, fontsize=8)
+    fig.suptitle(title, fontsize=10)
     fig.savefig(path, dpi=110)
     return path
 
 
 def method_bars(methods: pl.DataFrame, metrics: tuple[str, ...], title: str, path: Path) -> Path | None:
-    """One group of bars per method (its best trial), one bar per metric, error bars = bootstrap interval."""
-    if methods.is_empty():
+    """One row per metric, one marker per method (its best trial) with its interval as a horizontal bar.
+
+    Rows rather than grouped bars: a dozen metrics stay readable, and a metric a trial lacks is written `n/a`
+    instead of being drawn as a zero.
+    """
+    if methods.is_empty() or not metrics:
         return None
-    names = [f"{m}\n({b})" for m, b in zip(methods["method"].to_list(), methods["basis"].to_list())]
-    fig = _figure(max(6.0, 1.6 * len(names) + 2), 4.2)
+    names = [f"{m} ({b})" for m, b in zip(methods["method"].to_list(), methods["basis"].to_list())]
+    k = len(names)
+    fig = _figure(8.5, 0.5 + (0.28 * k + 0.25) * len(metrics))
     ax = fig.add_subplot()
-    width = 0.8 / len(metrics)
-    x = np.arange(len(names))
-    for k, metric in enumerate(metrics):
-        values = methods[metric].cast(pl.Float64).fill_null(np.nan).to_numpy()
-        low = methods[f"{metric}_ci_low"].cast(pl.Float64).fill_null(np.nan).to_numpy()
-        high = methods[f"{metric}_ci_high"].cast(pl.Float64).fill_null(np.nan).to_numpy()
-        pos = x - 0.4 + width * (k + 0.5)
-        ax.bar(pos, np.nan_to_num(values), width, label=label(metric))
-        for at in pos[np.isnan(values)]:
-            # A metric the trial does not have (no paraphrases in the data...) must not read as a zero bar.
-            ax.text(at, 0.01, "n/a", ha="center", va="bottom", fontsize=7, color="grey", rotation=90)
-        has = ~np.isnan(low) & ~np.isnan(high) & ~np.isnan(values)
-        if has.any():
-            err = np.vstack([values[has] - low[has], high[has] - values[has]])
-            ax.errorbar(pos[has], values[has], yerr=np.clip(err, 0, None), fmt="none", ecolor="black", capsize=3,
-                        linewidth=1)
-    ax.set_xticks(x, names, fontsize=9)
-    ax.set_ylim(0, 1.08)
-    ax.set_ylabel("score")
-    ax.legend(ncols=len(metrics), loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False, fontsize=9)
+    step = 0.8 / k
+    labelled: set[str] = set()
+    for j, name in enumerate(names):
+        colour = f"C{j % 10}"
+        for i, metric in enumerate(metrics):
+            y = i - 0.4 + step * (j + 0.5)
+            row = methods.row(j, named=True)
+            value, low, high = row.get(metric), row.get(f"{metric}_ci_low"), row.get(f"{metric}_ci_high")
+            if value is None:
+                ax.text(0.005, y, "n/a", fontsize=7, color="grey", va="center")
+                continue
+            if low is not None and high is not None:
+                ax.plot([low, high], [y, y], color=colour, linewidth=2, alpha=0.6)
+            n = row.get(f"{metric}_n")
+            if n is not None:
+                ax.text(min(max(high if high is not None else value, value) + 0.015, 0.93), y, f"n={n}",
+                        fontsize=6, va="center", color="dimgray")
+            ax.plot([value], [y], marker="o", color=colour, markersize=5, linestyle="none",
+                    label=None if name in labelled else name)
+            labelled.add(name)
+    ax.set_yticks(range(len(metrics)), [label(m) + (" (lower is better)" if registry.METRICS.get(m) is not None
+                                                    and registry.METRICS[m].direction == "min" else "")
+                                        for m in metrics], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_xlabel("value (dot) and 95% interval (bar)")
+    ax.grid(axis="x", alpha=0.3)
+    for i in range(1, len(metrics)):
+        ax.axhline(i - 0.5, color="lightgrey", linewidth=0.5)
+    # Outside the axes, so the legend never covers a point.
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
     ax.set_title(title, fontsize=10)
     fig.savefig(path, dpi=110)
     return path
@@ -146,9 +204,11 @@ def cost_quality(trials: pl.DataFrame, cost: str, title: str, path: Path, max_la
         plain = FuncFormatter(lambda v, _: f"{v:g}")
         ax.xaxis.set_major_formatter(plain)
         ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if _leading_digit(v) in (2, 5) else ""))
-    ax.set_xlabel("edit seconds per edit (lower is cheaper)")
+    units = [u for u in points["cost_unit"].unique().to_list() if u] if "cost_unit" in points.columns else []
+    ax.set_xlabel(f"edit cost per edit, {' / '.join(units) or 'seconds'} (lower is cheaper)")
     ax.set_ylabel("objective (higher is better)")
-    ax.legend(fontsize=8, loc="lower right")
+    # Outside the axes, so the legend never covers a point.
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.set_title(title, fontsize=10)
     fig.savefig(path, dpi=110)
     return path

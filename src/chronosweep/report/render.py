@@ -48,6 +48,9 @@ HEADERS = {
     "peak_rss_mb": "peak RSS MB", "peak_gpu_mb": "peak GPU MB", "objective_per_compute_hour": "objective per hour",
     "median_edit_seconds_per_edit": "median edit s/edit (all trials)", "sweep_compute_hours": "sweep compute (all trials)",
     "window_start": "layer_start", "window_width": "width", "tune.iteration": "Tune iteration",
+    "cost_per_edit": "cost per edit", "cost_unit": "cost unit", "median_cost_per_edit": "median cost per edit (all trials)",
+    "verdict": "vs runner-up", "concurrent_trials": "trials beside it", "load_average": "load avg",
+    **{m: registry.label(m) for m in registry.names(kind="quality")},
 }
 
 
@@ -63,7 +66,11 @@ def fmt(column: str, value) -> str:
             return f"{100 * value:.3g}%"
         if column.startswith("peak_"):
             return f"{value:,.0f}"
-        if column in registry.names(kind="quality") or column in ("objective", "value", "ci_low", "ci_high"):
+        if column in ("objective", "runner_up_value"):
+            # Four places, as the sweep's console prints it: the same trial reads the same in both.
+            return f"{value:.4f}"
+        if column in registry.names(kind="quality") or column in ("value", "ci_low", "ci_high", "diff", "diff_low",
+                                                                  "diff_high"):
             return f"{value:.3f}"
         return f"{value:.3g}"
     return str(value)

@@ -13,13 +13,20 @@ import polars as pl
 from chronosweep.core.errors import UserError
 from chronosweep.evaluation import metrics as registry
 from chronosweep.evaluation.objective import Objective
+from chronosweep.report.compare import UnitMap, Verdict, compare_metric, compare_objective, unit_word
 from chronosweep.report.load import UNIT_METRICS
-from chronosweep.report.stats import Bootstrap, bootstrap_intervals, pareto_mask
+from chronosweep.report.stats import Bootstrap, bootstrap_intervals, pareto_mask, wilson
 
-WINDOW_METRICS = ("multihop_accuracy", "reliability")
+# The layer-window table: multi-hop with what it rests on beside it (leakage, hops, locality), then the edit itself.
+WINDOW_METRICS = ("multihop_accuracy", "multihop_specific", "multihop_known", "leakage", "hop_accuracy", "hop_edited",
+                  "hop_unchanged", "locality", "locality_answer", "reliability")
+# The windows the summary names a best for (the objective first), each against its runner-up.
+HEADLINE_WINDOW_METRICS = ("objective", "multihop_accuracy", "multihop_specific", "reliability")
 # Every metric with units gets an interval column in trials.parquet.
 INTERVAL_METRICS = registry.names(with_units=True)
-COST = "edit_seconds_per_edit"
+# What one edit cost in resources it got: CPU seconds on CPU, GPU seconds on GPU (wall seconds only for runs that
+# recorded neither); the cost table and the Pareto front use it.
+COST = "cost_per_edit"
 
 
 @dataclass
@@ -35,6 +42,8 @@ class Tables:
     failures: pl.DataFrame
     running: pl.DataFrame
     warnings: list[str] = field(default_factory=list)
+    # Notes on the cost table (rows measured under different concurrency...).
+    cost_notes: list[str] = field(default_factory=list)
 
     def named(self) -> dict[str, pl.DataFrame]:
         """Tables under the file names they are written with (--format csv/json)."""
@@ -92,31 +101,60 @@ def add_derived(df: pl.DataFrame, objective: Objective) -> pl.DataFrame:
                   dtype=pl.Float64),
     )
     num = lambda c: pl.col(c).cast(pl.Float64) if c in df.columns else pl.lit(None, dtype=pl.Float64)  # noqa: E731
-    busy = num("edit_seconds") + num("eval_seconds")
     gpu = num("n_gpus").fill_null(0) > 0
+    cpu_known = num("edit_cpu_seconds").is_not_null()
+    # CPU seconds count the work whatever else shared the cores; wall x threads only bounds it (older runs).
+    cpu_busy = pl.when(cpu_known).then(num("edit_cpu_seconds") + num("eval_cpu_seconds").fill_null(0.0)) \
+        .otherwise((num("edit_seconds") + num("eval_seconds")) * num("threads"))
     df = df.with_columns(
-        compute_hours=pl.when(gpu).then(busy * num("n_gpus") / 3600).otherwise(busy * num("threads") / 3600),
+        compute_hours=pl.when(gpu).then((num("edit_seconds") + num("eval_seconds")) * num("n_gpus") / 3600)
+        .otherwise(cpu_busy / 3600),
         compute_unit=pl.when(num("edit_seconds").is_null()).then(None)
         .when(gpu).then(pl.lit("GPU-hours")).otherwise(pl.lit("CPU-hours")),
+        cost_per_edit=pl.when(gpu).then(pl.coalesce(num("edit_gpu_seconds_per_edit"),
+                                                    num("edit_seconds_per_edit") * num("n_gpus")))
+        .when(cpu_known).then(pl.coalesce(num("edit_cpu_seconds_per_edit"),
+                                          num("edit_cpu_seconds") / num("n_edits")))
+        .otherwise(num("edit_seconds_per_edit")),
+        cost_unit=pl.when(num("edit_seconds_per_edit").is_null() & num("edit_cpu_seconds").is_null()).then(None)
+        .when(gpu).then(pl.lit("GPU s")).when(cpu_known).then(pl.lit("CPU s"))
+        .otherwise(pl.lit("wall s (no CPU time recorded)")),
     )
     return df.with_columns(
         objective_per_compute_hour=pl.when(pl.col("compute_hours") > 0)
         .then(pl.col("objective") / pl.col("compute_hours")))
 
 
-def add_intervals(df: pl.DataFrame, units: pl.DataFrame, boot: Bootstrap) -> tuple[pl.DataFrame, list[str]]:
-    """Add <metric>_ci_low/_ci_high/_n for every trial with predictions; warn where they disagree with metrics.json."""
-    units = units.sort("run_dir", "metric", maintain_order=True)
-    groups: dict[tuple[str, str], np.ndarray] = {}
+def unit_map(units: pl.DataFrame) -> UnitMap:
+    """(run_dir, metric) -> {unit id: value}: what intervals and paired comparisons resample."""
+    out: UnitMap = {}
     if units.height:
         for (run_dir, metric), part in units.group_by("run_dir", "metric", maintain_order=True):
-            groups[(run_dir, metric)] = part["value"].to_numpy()
-    intervals = bootstrap_intervals(groups, boot)
-    rows = {}
-    for (run_dir, metric), iv in intervals.items():
-        rows.setdefault(run_dir, {"run_dir": run_dir})
-        rows[run_dir].update({f"{metric}_ci_low": iv.low, f"{metric}_ci_high": iv.high, f"{metric}_n": iv.n,
-                              f"{metric}_units_mean": iv.mean})
+            out[(run_dir, metric)] = dict(zip(part["unit"].to_list(), part["value"].to_list()))
+    return out
+
+
+def add_intervals(df: pl.DataFrame, units: UnitMap, boot: Bootstrap) -> tuple[pl.DataFrame, list[str]]:
+    """Add <metric>_ci_low/_ci_high/_n for every trial with predictions (Wilson or bootstrap, as the registry says);
+    warn where the units disagree with metrics.json."""
+    boot_groups: dict[tuple[str, str], np.ndarray] = {}
+    rows: dict[str, dict] = {}
+    for (run_dir, metric), values in sorted(units.items()):
+        m = registry.METRICS.get(metric)
+        if m is None or not values:
+            continue
+        if m.interval == "wilson":
+            mean = float(np.mean(list(values.values())))
+            low, high = wilson(mean, len(values), boot.confidence)
+            rows.setdefault(run_dir, {"run_dir": run_dir}).update(
+                {f"{metric}_ci_low": low, f"{metric}_ci_high": high, f"{metric}_n": len(values),
+                 f"{metric}_units_mean": mean})
+        else:
+            boot_groups[(run_dir, metric)] = np.array(list(values.values()), dtype=np.float64)
+    for (run_dir, metric), iv in bootstrap_intervals(boot_groups, boot).items():
+        rows.setdefault(run_dir, {"run_dir": run_dir}).update(
+            {f"{metric}_ci_low": iv.low, f"{metric}_ci_high": iv.high, f"{metric}_n": iv.n,
+             f"{metric}_units_mean": iv.mean})
     schema = {"run_dir": pl.String}
     for m in INTERVAL_METRICS:
         schema.update({f"{m}_ci_low": pl.Float64, f"{m}_ci_high": pl.Float64, f"{m}_n": pl.Int64,
@@ -135,7 +173,7 @@ def add_intervals(df: pl.DataFrame, units: pl.DataFrame, boot: Bootstrap) -> tup
 
 
 def add_pareto(df: pl.DataFrame, groups: list[str]) -> pl.DataFrame:
-    """pareto: the trial is on its group's front of objective (higher) against edit seconds per edit (lower)."""
+    """pareto: the trial is on its group's front of objective (higher) against cost per edit (lower)."""
     if COST not in df.columns:
         return df.with_columns(pareto=pl.lit(False))
     df = df.with_row_index("_row")
@@ -183,8 +221,108 @@ def _select(df: pl.DataFrame, cols: list[str]) -> pl.DataFrame:
     return df.select([pl.col(c) if c in df.columns else pl.lit(None).alias(c) for c in cols])
 
 
-def build_tables(df: pl.DataFrame, by: list[str], config_cols: list[str]) -> Tables:
+def _present(df: pl.DataFrame, metrics) -> list[str]:
+    """The metrics some finished trial has a value for (multi-hop columns vanish on DyKnow, neighborhood on MQuAKE)."""
+    return [m for m in dict.fromkeys(metrics) if m in df.columns and df[m].null_count() < df.height]
+
+
+def _name(row: dict, who: list[str], window: bool) -> str:
+    if window and row.get("window"):
+        return layers_label(row["window"])
+    return "/".join(str(row[c]) for c in who)
+
+
+_VERDICT_SCHEMA = {"runner_up": pl.String, "runner_up_value": pl.Float64, "diff": pl.Float64, "diff_low": pl.Float64,
+                   "diff_high": pl.Float64, "paired_n": pl.Int64, "test": pl.String, "p_value": pl.Float64,
+                   "separated": pl.Boolean, "verdict": pl.String}
+
+
+def _verdict_row(v: Verdict | None, runner_up_value, what: str) -> dict:
+    if v is None:
+        return {k: None for k in _VERDICT_SCHEMA}
+    c = v.comparison
+    return {"runner_up": v.runner_up, "runner_up_value": runner_up_value,
+            "diff": c.diff if c else None, "diff_low": c.low if c else None, "diff_high": c.high if c else None,
+            "paired_n": c.n if c else None, "test": c.method if c else None, "p_value": c.p_value if c else None,
+            "separated": v.separated if not v.alone else None, "verdict": v.words(what)}
+
+
+def _best_with_verdicts(ranked: pl.DataFrame, key: list[str], who: list[str], objective: Objective,
+                        units: UnitMap, boot: Bootstrap) -> pl.DataFrame:
+    """Best trial per key group with its comparison against the group's runner-up on the objective."""
+    rows = []
+    for part in ranked.partition_by(key, maintain_order=True) if ranked.height else []:
+        best = part.row(0, named=True)
+        if part.height == 1:
+            v = Verdict(None, None, alone=True)
+            second = None
+        else:
+            second = part.row(1, named=True)
+            v = compare_objective(objective, best, second, units, boot, _name(second, who, False))
+        rows.append({"run_dir": best["run_dir"], **_verdict_row(v, second["objective"] if second else None,
+                                                               "units per term")})
+    return pl.DataFrame(rows, schema={"run_dir": pl.String, **_VERDICT_SCHEMA})
+
+
+def _best_windows(windows: pl.DataFrame, key: list[str], who: list[str], objective: Objective, units: UnitMap,
+                  boot: Bootstrap) -> pl.DataFrame:
+    """Per key group and headline metric: the best window, its runner-up, and whether the two are separated."""
+    out = []
+    single = list(objective.terms()) if len(objective.terms()) == 1 else []
+    for metric in HEADLINE_WINDOW_METRICS:
+        if metric not in windows.columns or (metric == "objective" and single):
+            continue  # a one-metric objective is that metric's own line
+        m = registry.METRICS.get(metric)
+        lower = m is not None and m.direction == "min"
+        cand = windows.filter(pl.col(metric).is_not_null())
+        if cand.is_empty():
+            continue
+        low_col = f"{metric}_ci_low" if f"{metric}_ci_low" in cand.columns else metric
+        cand = cand.sort([metric, low_col, "window_width", "window_start"],
+                         descending=[not lower, not lower, False, False], nulls_last=True)
+        for part in cand.partition_by(key, maintain_order=True):
+            best = part.row(0, named=True)
+            ties = int((part[metric] == best[metric]).sum()) - 1
+            if part.height == 1:
+                v, second = Verdict(None, None, alone=True), None
+            else:
+                second = part.row(1, named=True)
+                name = _name(second, who, True)
+                v = (compare_objective(objective, best, second, units, boot, name) if metric == "objective"
+                     else compare_metric(metric, best["run_dir"], second["run_dir"], units, boot, name))
+            what = "units per term" if metric == "objective" else unit_word(metric)
+            out.append({**{k: best[k] for k in key}, "metric": metric, "window": best["window"],
+                        "window_start": best["window_start"], "window_width": best["window_width"],
+                        "value": best[metric], "ci_low": best.get(f"{metric}_ci_low"),
+                        "ci_high": best.get(f"{metric}_ci_high"), "n": best.get(f"{metric}_n"), "ties": ties,
+                        **{c: best[c] for c in who}, "trials": best["trials"], "run_dir": best["run_dir"],
+                        **_verdict_row(v, second[metric] if second else None, what)})
+    if not out:
+        return pl.DataFrame(schema={**{k: windows.schema[k] for k in key}, "metric": pl.String, "window": pl.String})
+    return pl.from_dicts(out, infer_schema_length=None).sort(key, nulls_last=True, maintain_order=True)
+
+
+def concurrency_notes(ok: pl.DataFrame, groups: list[str]) -> list[str]:
+    """Rows measured with different numbers of trials beside them: their wall seconds do not compare."""
+    if "concurrent_trials" not in ok.columns or ok["concurrent_trials"].drop_nulls().is_empty():
+        return ["No trial recorded how many others ran beside it (runs before scoring version 3): wall seconds "
+                "may reflect concurrency as much as cost."] if ok.height else []
+    notes = []
+    for part in ok.partition_by(groups, maintain_order=True) if groups else [ok]:
+        seen = sorted(part["concurrent_trials"].drop_nulls().unique().to_list())
+        if len(seen) > 1:
+            where = ", ".join(f"{c}={part[c][0]}" for c in groups)
+            notes.append(f"{where + ': ' if where else ''}trials ran beside {', '.join(map(str, seen))} other "
+                         "trials on their node: compare cost per edit (CPU or GPU seconds), not wall seconds.")
+    return notes
+
+
+def build_tables(df: pl.DataFrame, by: list[str], config_cols: list[str], objective: Objective | None = None,
+                 units: UnitMap | None = None, boot: Bootstrap | None = None) -> Tables:
     """All tables from a trials frame that already has derived, interval and pareto columns."""
+    objective = objective or Objective.mean_of(["reliability", "generalization", "locality"])
+    units = units or {}
+    boot = boot or Bootstrap()
     groups = list(by)
     key = groups if "method" in groups else groups + ["method"]
     ok = df.filter(pl.col("status") == "ok")
@@ -196,18 +334,25 @@ def build_tables(df: pl.DataFrame, by: list[str], config_cols: list[str]) -> Tab
                                   pl.col("compute_hours").sum().alias("sweep_compute_hours"),
                                   pl.col(COST).median().alias(f"median_{COST}") if COST in ok.columns
                                   else pl.lit(None, dtype=pl.Float64).alias(f"median_{COST}"))
+    # Trial names repeat across experiments (trial_00000...): name the experiment too when there are several.
+    who = ["experiment", "trial"] if df["experiment"].n_unique() > 1 and "experiment" not in groups else ["trial"]
     best = ranked.group_by(key, maintain_order=True).first().join(counts, on=key, how="left", nulls_equal=True)
+    best = best.join(_best_with_verdicts(ranked, key, who, objective, units, boot), on="run_dir", how="left")
     best = best.sort(key, nulls_last=True).with_columns(
         basis=pl.when(pl.col("trials") > 1).then(pl.format("best of {} trials", pl.col("trials")))
         .otherwise(pl.lit("only trial")))
 
-    # Trial names repeat across experiments (trial_00000...): name the experiment too when there are several.
-    who = ["experiment", "trial"] if df["experiment"].n_unique() > 1 and "experiment" not in groups else ["trial"]
-    best_cols = key + ["trials", *who, "objective", "window", "config", *UNIT_METRICS, COST, "run_dir"]
-    methods_cols = key + ["trials", "basis", *who, "objective", *_ci_columns(UNIT_METRICS)]
-    cost_cols = key + [*who, COST, "compute_hours", "compute_unit", "trainable_params", "trainable_fraction",
-                       "peak_rss_mb", "peak_gpu_mb", "objective", "objective_per_compute_hour", "trials",
-                       f"median_{COST}", "sweep_compute_hours"]
+    terms = [t for t in objective.terms() if t in ok.columns]
+    shown = _present(ok, [*UNIT_METRICS, *(t for t in terms if t in INTERVAL_METRICS)])
+    # Objective terms without units (a cost such as edit_seconds) are shown as they are, so every term is in a table.
+    plain_terms = [t for t in terms if t not in INTERVAL_METRICS]
+    best_cols = key + ["trials", *who, "objective", "verdict", "window", "config", *shown, *plain_terms, COST,
+                       "cost_unit", "run_dir"]
+    methods_cols = key + ["trials", "basis", *who, "objective", *_ci_columns(shown)]
+    cost_cols = key + [*who, COST, "cost_unit", "edit_seconds_per_edit", "concurrent_trials", "load_average",
+                       "compute_hours", "compute_unit", "trainable_params", "trainable_fraction", "peak_rss_mb",
+                       "peak_gpu_mb", "objective", "objective_per_compute_hour", "trials", f"median_{COST}",
+                       "sweep_compute_hours"]
 
     cell = key + ["window", "window_start", "window_width"]
     in_window = ranked.filter(pl.col("window").is_not_null())
@@ -215,25 +360,15 @@ def build_tables(df: pl.DataFrame, by: list[str], config_cols: list[str]) -> Tab
     windows = (in_window.group_by(cell, maintain_order=True).first()
                .join(cell_counts, on=cell, how="left", nulls_equal=True)
                .sort(key + ["window_width", "window_start", "window"], nulls_last=True))
-    windows = _select(windows, cell + ["trials", *who, "objective", *_ci_columns(WINDOW_METRICS)])
-
-    best_windows = []
-    for metric in WINDOW_METRICS:
-        cand = windows.filter(pl.col(metric).is_not_null()).sort(
-            [metric, f"{metric}_ci_low", "window_width", "window_start"],
-            descending=[True, True, False, False], nulls_last=True)
-        ties = cand.group_by(key).agg((pl.col(metric) == pl.col(metric).max()).sum().alias("ties") - 1)
-        picked = cand.group_by(key, maintain_order=True).first().join(ties, on=key, how="left", nulls_equal=True)
-        best_windows.append(picked.select(
-            key + [pl.lit(metric).alias("metric"), "window", "window_start", "window_width",
-                   pl.col(metric).alias("value"), pl.col(f"{metric}_ci_low").alias("ci_low"),
-                   pl.col(f"{metric}_ci_high").alias("ci_high"), pl.col(f"{metric}_n").alias("n"),
-                   "ties", *who, "trials"]))
-    best_windows = pl.concat(best_windows, how="vertical_relaxed").sort(key + ["metric"], nulls_last=True)
+    window_metrics = _present(in_window, [*(t for t in terms if t in INTERVAL_METRICS), *WINDOW_METRICS])
+    best_windows = _best_windows(windows, key, who, objective, units, boot)
+    windows = _select(windows, cell + ["trials", *who, "objective", *_ci_columns(window_metrics), *plain_terms,
+                                       "run_dir"])
 
     front = ok.filter(pl.col("pareto")).sort(groups + [COST, "objective_score"] if groups else [COST, "objective_score"],
                                              nulls_last=True)
-    pareto = _select(front, groups + ["method", *who, "window", COST, "objective", "compute_hours", "config"])
+    pareto = _select(front, groups + ["method", *who, "window", COST, "cost_unit", "objective", "compute_hours",
+                                      "config"])
 
     bad = df.filter(pl.col("status").is_in(["failed", "invalid"]))
     failures = _select(bad, groups + [c for c in ("experiment", "trial", "status", "error", "error_file")
@@ -242,4 +377,4 @@ def build_tables(df: pl.DataFrame, by: list[str], config_cols: list[str]) -> Tab
     running = _select(df.filter(pl.col("status") == "running"), groups + running_cols)
     return Tables(key=key, groups=groups, best=_select(best, best_cols), methods=_select(best, methods_cols),
                   windows=windows, best_windows=best_windows, cost=_select(best, cost_cols), pareto=pareto,
-                  failures=failures, running=running)
+                  failures=failures, running=running, cost_notes=concurrency_notes(ok, groups))

@@ -86,6 +86,8 @@ class Summary:
         row = self.frame.filter(pl.col("trial") == self.best_trial).row(0, named=True)
         values = ", ".join(f"{k}={row[k]}" for k in self.param_columns if row.get(k) is not None)
         print(f"best ({self.mode} objective): {self.best_trial} objective={row['objective']:.4f}  {values}", file=file)
+        # Highest is not yet better: only a paired comparison with the runner-up (the report's) can say so.
+        print("  whether it is separated from the runner-up on the same units: chronosweep report", file=file)
 
     def write(self, experiment: Location) -> None:
         buffer = io.StringIO()

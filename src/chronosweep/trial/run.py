@@ -131,7 +131,9 @@ def _execute(cfg, run_dir, method, info, edits, on_epoch, progress) -> dict:
     from chronosweep.evaluation.metrics import SCORING_VERSION
     from chronosweep.evaluation.probes import build_probes
     from chronosweep.evaluation.scoring import score
+    from chronosweep.trial import cost
 
+    activity = cost.NodeActivity.begin(cache_dir(), run_dir)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     _seed_everything(cfg.seed)
@@ -162,18 +164,18 @@ def _execute(cfg, run_dir, method, info, edits, on_epoch, progress) -> dict:
                       run_dir=run_dir if cfg.save_artifacts else None, cache_dir=cache_dir(), on_epoch=on_epoch)
     implementation = method.load()
     _seed_everything(cfg.seed)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cost.cpu_seconds()
     outcome = implementation.edit(model, tokenizer, edits.requests, cfg.options, ctx)
-    edit_seconds = time.perf_counter() - t0
+    edit_seconds, edit_cpu = time.perf_counter() - t0, cost.cpu_seconds() - cpu0
     with open(run_dir / "history.jsonl", "w") as fh:
         for record in outcome.history:
             fh.write(json.dumps(record) + "\n")
     if cfg.save_artifacts and outcome.save is not None:
         outcome.save(run_dir)
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cost.cpu_seconds()
     post = measure(outcome.model, tokenizer, probes, cfg.eval, device, desc="post-edit")
-    eval_seconds = time.perf_counter() - t0
+    eval_seconds, eval_cpu = time.perf_counter() - t0, cost.cpu_seconds() - cpu0
     metrics, pre_metrics, rows, _ = score(probes, pre, post)
     with open(run_dir / "predictions.jsonl", "w") as fh:
         for row in rows:
@@ -181,7 +183,8 @@ def _execute(cfg, run_dir, method, info, edits, on_epoch, progress) -> dict:
 
     n = len(edits.requests)
     kinds = [r.kind for r in edits.requests]
-    mh_cases = {r.multihop.case_id for r in edits.requests if r.multihop is not None}
+    mh_cases = {m.case_id for r in edits.requests for m in r.multihop_cases}
+    n_gpus = int(os.environ.get("WORLD_SIZE", "1")) if device.type == "cuda" else 0
     return {
         "status": "ok",
         "scoring_version": SCORING_VERSION,
@@ -195,6 +198,7 @@ def _execute(cfg, run_dir, method, info, edits, on_epoch, progress) -> dict:
         "n_multihop_cases": len(mh_cases),
         "n_hops": sum(1 for p in probes if p.kind == "hop"),
         "n_locality": sum(1 for p in probes if p.kind == "locality"),
+        "n_neighborhood": sum(1 for p in probes if p.kind == "neighborhood"),
         "pre": pre_metrics,
         "edit_seconds": edit_seconds,
         "edit_seconds_per_edit": edit_seconds / n if n else None,
@@ -210,7 +214,8 @@ def _execute(cfg, run_dir, method, info, edits, on_epoch, progress) -> dict:
         "peak_rss_mb": _peak_rss_mb(),
         "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
         "device": device.type,
-        "n_gpus": int(os.environ.get("WORLD_SIZE", "1")) if device.type == "cuda" else 0,
+        "n_gpus": n_gpus,
+        **cost.cost_fields(edit_cpu, eval_cpu, edit_seconds, n, n_gpus, activity.finish()),
         "threads": torch.get_num_threads(),
         "history": outcome.history,
         "config": cfg.to_dict(),

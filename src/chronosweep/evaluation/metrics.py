@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 # Bumped whenever a metric's definition changes, so results of different definitions are never pooled unknowingly.
-SCORING_VERSION = 2
+# 3: teacher-forced token accuracies tokenise prompt and target as one text, exactly as EasyEdit does.
+SCORING_VERSION = 3
 
 Unit = Literal["edit", "probe", "case"]
 Interval = Literal["wilson", "bootstrap"]

@@ -133,14 +133,19 @@ def make_plots(df: pl.DataFrame, tables: Tables, out: Path) -> dict[tuple, str]:
             made[("methods", g)] = name
         windows = _in_group(tables.windows, tables.groups, g)
         best = _in_group(tables.best_windows, tables.groups, g)
-        for method in windows["method"].unique(maintain_order=True).to_list():
+        by = ["method"] + (["protocol"] if "protocol" in windows.columns and "protocol" not in tables.groups else [])
+        several = "protocol" in by and windows["protocol"].n_unique() > 1
+        for values in windows.select(by).unique(maintain_order=True).iter_rows():
+            method = values[0]
+            who = " ".join(str(v) for v in values) if several else method
+            cells, picks = _in_group(windows, by, values), _in_group(best, by, values)
             for metric in WINDOW_METRICS:
-                pick = best.filter((pl.col("method") == method) & (pl.col("metric") == metric))
-                name = f"plots/{p.slug(*g, method, 'window', metric)}.png"
-                heading = f"{method}: {p.label(metric)} by layer window{suffix}"
-                if p.window_heatmap(windows.filter(pl.col("method") == method), metric,
-                                    pick.row(0, named=True) if pick.height else None, heading, out / name):
-                    made[("window", g, method, metric)] = name
+                pick = picks.filter(pl.col("metric") == metric)
+                name = f"plots/{p.slug(*g, *(values if several else (method,)), 'window', metric)}.png"
+                heading = f"{who}: {p.label(metric)} by layer window{suffix}"
+                if p.window_heatmap(cells, metric, pick.row(0, named=True) if pick.height else None, heading,
+                                    out / name):
+                    made[("window", g, who, metric)] = name
         name = f"plots/{p.slug(*g, 'cost-quality')}.png"
         if p.cost_quality(_in_group(ok, tables.groups, g), COST, f"Quality against edit cost{suffix}", out / name):
             made[("cost", g)] = name

@@ -89,7 +89,10 @@ def method_bars(methods: pl.DataFrame, metrics: tuple[str, ...], title: str, pat
     """One group of bars per method (its best trial), one bar per metric, error bars = bootstrap interval."""
     if methods.is_empty():
         return None
-    names = [f"{m}\n({b})" for m, b in zip(methods["method"].to_list(), methods["basis"].to_list())]
+    protocols = methods["protocol"].to_list() if "protocol" in methods.columns else [None] * methods.height
+    shown = len(set(protocols)) > 1
+    names = [f"{m}\n{pr}\n({b})" if shown else f"{m}\n({b})"
+             for m, pr, b in zip(methods["method"].to_list(), protocols, methods["basis"].to_list())]
     fig = _figure(max(6.0, 1.6 * len(names) + 2), 4.2)
     ax = fig.add_subplot()
     width = 0.8 / len(metrics)

@@ -237,3 +237,32 @@ def test_rome_real_model(tmp_path):
     assert greedy(model, tok, prompt, 10).startswith(" Giorgio Napolitano")
     assert greedy(model, tok, unrelated, 2) == before
     assert outcome.trainable_params == 576 * 1536
+
+
+@pytest.mark.parametrize("arch_dir", ["llama_dir", "gpt2_dir"])
+@pytest.mark.parametrize("site", [("mlp", 1), ("block", 2)])
+def test_cached_steps_give_what_full_passes_give(arch_dir, site, request, monkeypatch):
+    """Steps over the positions from the subject on (earlier keys/values reused) are the full passes' steps."""
+    from chronosweep.editing import targets
+
+    info = resolve(str(request.getfixturevalue(arch_dir)))
+    model, tok = load(info, torch.device("cpu"), torch.float32)
+    arch = arch_for(info.model_type)
+    opts = load_config(None, ["method=rome", "rome.v_num_grad_steps=6", "rome.v_stop_loss=0"]).options
+    reqs = [EditRequest(case_id="a", subject="Lionel Messi", prompt=FACTS[6][0], target_new="Al Nassr"),
+            EditRequest(case_id="b", subject="Apple", prompt=FACTS[3][0], target_new="Andy Jassy")]
+    # Prefixes of different lengths put the subject at different positions in every row.
+    rows = build_rows(tok, reqs, [["The capital", "Lionel Messi plays for Inter Miami and"]])
+    where = targets.Site(*site)
+    runs = {}
+    real = targets._tails
+    for mode in ("cached", "full"):
+        monkeypatch.setattr(targets, "_tails", lambda *a, mode=mode: [t for t in real(*a) if t[0] == mode])
+        runs[mode] = targets.optimize_targets(model, arch, rows, where, opts)
+    monkeypatch.setattr(targets, "_tails", real)
+    assert runs["cached"].mode == "cached" and runs["full"].mode == "full"
+    assert targets.optimize_targets(model, arch, rows, where, opts).mode == "cached"
+    for a, b in zip(runs["cached"].history, runs["full"].history):
+        assert a["steps"] == b["steps"] == 5
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-5)
+    assert torch.allclose(runs["cached"].target, runs["full"].target, rtol=1e-4, atol=1e-4)

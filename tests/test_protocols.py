@@ -202,3 +202,36 @@ def test_protocol_is_recorded_and_reported(fact_llama_dir, tmp_path, data_root, 
     assert tables.key == ["method", "protocol"]
     assert sorted(tables.methods.select("method", "protocol").rows()) == [
         ("rome", "batch"), ("rome", "single"), ("rome-preserve", "batch"), ("rome-preserve", "single")]
+
+
+@pytest.mark.ray
+def test_a_sweep_runs_every_protocol(fact_llama_dir, data_root, tmp_path, monkeypatch):
+    """protocol is a sweep parameter like any other: each trial records it, trials.csv has it."""
+    import polars as pl
+    import yaml
+
+    from chronosweep.sweep.runner import SweepOptions, run_sweep
+    from chronosweep.sweep.spec import load_sweep
+
+    monkeypatch.setenv("CHRONOSWEEP_CACHE", str(tmp_path / "cache"))
+    edits = _write_edits(tmp_path / "edits.jsonl")
+    settings = {"rome": {"layer": 1, "context_templates": [[11, 1]], "v_num_grad_steps": 4},
+                "memit-preserve": {"layers": [1, 2], "context_templates": [[11, 1]], "v_num_grad_steps": 4,
+                                   "stats_samples": 1024, "mom2_update_weight": 500}}
+    sweep = {"base": {"model": str(fact_llama_dir), "data": {"name": str(edits), "root": str(data_root),
+                                                             "locality_limit": 2},
+                      "eval": {"max_new_tokens": 3}, "eval_every": 2, "save_artifacts": False, **settings},
+             "space": {"method": ["rome", "memit-preserve"], "protocol": ["batch", "single", "sequential"]},
+             "search": "grid", "max_concurrent_trials": 2, "objective": {"metric": "rewrite_acc"}}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep, sort_keys=False))
+    summary = run_sweep(load_sweep(path), SweepOptions(name="protocols", storage=str(tmp_path / "sweeps"), num_cpus=2))
+    frame = summary.frame
+    assert frame.height == 6 and frame.filter(pl.col("status") == "ok").height == 6
+    assert sorted(frame.select("method", "protocol").rows()) == sorted(
+        (m, p) for m in ("rome", "memit-preserve") for p in ("batch", "single", "sequential"))
+    csv = pl.read_csv(tmp_path / "sweeps" / "protocols" / "trials.csv")
+    assert set(csv["protocol"]) == {"batch", "single", "sequential"}
+    assert set(csv["variant"].fill_null("published")) == {"published", "preserve"}
+    seq = csv.filter(pl.col("protocol") == "sequential")
+    assert seq["immediate_rewrite_acc"].null_count() == 0 and set(seq["edit_order"]) == {"file"}

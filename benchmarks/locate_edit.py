@@ -84,6 +84,9 @@ def main() -> int:
         row = {k: m.get(k) for k in KEYS}
         row.update(preset=(m.get("preset") or {}).get("name"), pre_rewrite_acc=m["pre"].get("rewrite_acc"),
                    pre_rephrase_acc=m["pre"].get("rephrase_acc"))
+        # CPU seconds of the edits (all threads): on a shared machine they say what the edit costs, wall time does not.
+        cpu = [h["cpu_seconds"] for h in m["history"] if "cpu_seconds" in h]
+        row["edit_cpu_seconds_per_edit"] = sum(cpu) / m["n_edits"] if cpu else None
         steps = [h["steps"] for h in m["history"] if "steps" in h]
         row["mean_v_steps"] = sum(steps) / len(steps) if steps else None
         row["tail_modes"] = sorted({h["tail_mode"] for h in m["history"] if "tail_mode" in h})

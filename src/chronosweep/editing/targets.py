@@ -32,7 +32,6 @@ from chronosweep.core.archs import Arch, get_path
 from chronosweep.editing.locate import (
     Rows,
     add_to_weight,
-    at_raw,
     block_output,
     blocks,
     down_proj,
@@ -224,23 +223,35 @@ def optimize_targets(model, arch: Arch, rows: Rows, site: Site, opts: LocateOpti
     """Optimise one target vector per edit of rows; the model is not changed."""
     device = rows.input_ids.device
     n_layers = len(blocks(model, arch))
+    n = rows.n_edits
     mlp_layers = (site.layer,) if site.kind == "mlp" else ()
     block_in = (site.start,) if site.start < n_layers else ()
     block_out = (site.layer,) if site.kind == "block" else ()
-    rec = record(model, arch, rows.input_ids, rows.attention_mask, mlp_layers=mlp_layers, block_in=block_in,
+    # A plain full pass over each edit's bare prompt and KL row only: the value the delta starts from, the KL term's
+    # reference distribution, and what the first step's shortcut must reproduce.
+    ref = torch.cat([rows.raw_row, rows.kl_row]).to(device)
+    width = int(rows.attention_mask[ref].sum(1).max())
+    rec = record(model, arch, rows.input_ids[ref, :width], rows.attention_mask[ref, :width], mlp_layers=mlp_layers,
                  block_out=block_out)
-    init = at_raw(rec.values[site.layer] if site.kind == "mlp" else rec.block_out[site.layer], rows)
-    hidden_in = rec.block_in[site.start] if block_in else rec.block_out[site.layer]
-    full_hidden = rec.last_hidden
-    del rec
-
+    value = rec.values[site.layer] if site.kind == "mlp" else rec.block_out[site.layer]
+    raw_local, kl_local = torch.arange(n, device=device), torch.arange(n, 2 * n, device=device)
+    init = value[raw_local, rows.lookup[rows.raw_row]].float()
     head = model.get_output_embeddings()
+    ref_of = torch.full((len(rows.lookup),), -1, dtype=torch.long, device=device)
+    ref_of[rows.raw_row] = raw_local
+    checked = torch.nonzero(ref_of[rows.tgt_row] >= 0).squeeze(1)  # target entries on bare-prompt rows
     with torch.no_grad():
-        kl_init = torch.log_softmax(head(full_hidden[rows.kl_row, rows.kl_pos]).float(), dim=-1)
-        tgt_check = torch.log_softmax(head(full_hidden[rows.tgt_row, rows.tgt_pos]).float(), dim=-1)
-    del full_hidden
+        kl_init = torch.log_softmax(head(rec.last_hidden[kl_local, rows.kl_pos]).float(), dim=-1)
+        tgt_check = torch.log_softmax(head(rec.last_hidden[ref_of[rows.tgt_row[checked]], rows.tgt_pos[checked]]).float(),
+                                      dim=-1)
+    del rec, value
 
-    n = rows.n_edits
+    def hidden_in() -> torch.Tensor:
+        """Input of the first changed block for every row (the fallback without the cached keys and values)."""
+        full = record(model, arch, rows.input_ids, rows.attention_mask, block_in=block_in, block_out=block_out,
+                      stop=True)
+        return full.block_in[site.start] if block_in else full.block_out[site.layer]
+
     delta = torch.zeros(n, init.shape[-1], device=device, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=opts.v_lr)
     max_norm = opts.clamp_norm_factor * init.norm(dim=-1)
@@ -275,7 +286,8 @@ def optimize_targets(model, arch: Arch, rows: Rows, site: Site, opts: LocateOpti
                             if mode == "full":
                                 raise
                             continue
-                        err = (logp[: len(t_rows)] - tgt_check[t_keep]).abs().max().item()
+                        err = max((logp[: len(t_rows)][checked] - tgt_check).abs().max().item(),
+                                  (logp[len(t_rows):] - kl_init).abs().max().item())
                         if err < _tolerance(model) or mode == "full":
                             break
                 else:
@@ -320,10 +332,10 @@ def optimize_targets(model, arch: Arch, rows: Rows, site: Site, opts: LocateOpti
     return Targets(init=init, target=init + delta, history=stats, mode=mode, seconds=seconds)
 
 
-def _tails(model, arch: Arch, rows: Rows, site: Site, hidden_in: torch.Tensor):
+def _tails(model, arch: Arch, rows: Rows, site: Site, hidden_in):
     """(mode, constructor) from the cheapest way to run a step to the always-correct one."""
     yield "cached", lambda: _CachedTail(model, arch, rows, site)
-    yield "truncated", lambda: _Tail(model, arch, rows, site, hidden_in)
+    yield "truncated", lambda: _Tail(model, arch, rows, site, hidden_in())
     yield "full", lambda: _Tail(model, arch, rows, site, None)
 
 

@@ -1,8 +1,11 @@
-"""ROME and the shared locate-and-edit machinery (keys, truncated passes, statistics cache) on tiny models.
+"""ROME (published and rome-preserve) and the shared locate-and-edit machinery (keys, cached and truncated
+passes, statistics cache) on tiny models.
 
 The tiny models have learned tests.tiny_facts.FACTS. Their first attention layer already carries the
 subject to the answer position, so an MLP edit at the subject token cannot reach the answer: the
 edits here name the whole prompt as the subject, which puts the edited key at the last prompt token.
+The tiny tokenizer splits most seed words of the context templates into several tokens, so the tests use one
+10-token template (ROME's 5- and 10-token ones would be a word or two here).
 The real model is edited at the subject token (test_rome_real_model, slow).
 """
 
@@ -43,10 +46,12 @@ def gpt2_dir(tmp_path_factory):
     return make_fact_model(tmp_path_factory.mktemp("facts") / "gpt2", arch="gpt2")
 
 
-def _setup(path, cache, overrides):
+def _setup(path, cache, overrides, method="rome"):
     info = resolve(str(path))
     model, tok = load(info, torch.device("cpu"), torch.float32)
-    cfg = load_config(None, ["method=rome", "rome.stats_samples=2048", *overrides])
+    settings = [f"{method}.context_templates=[[11,1]]"]
+    overrides = [o.replace("rome.", f"{method}.", 1) for o in overrides]
+    cfg = load_config(None, [f"method={method}", f"{method}.stats_samples=2048", *settings, *overrides])
     ctx = EditContext(runtime=cfg.runtime(), info=info, device=torch.device("cpu"), dtype=torch.float32, run_dir=None,
                       cache_dir=cache)
     return info, model, tok, cfg, ctx
@@ -72,6 +77,7 @@ def test_rome_edit_lands_with_a_rank_one_change_and_leaves_other_facts(arch_dir,
     req = EditRequest(case_id="t:amazon", subject=prompt, prompt=prompt, target_new="Tim Cook")
     outcome = get_method("rome").edit(model, tok, [req], cfg.options, ctx)
 
+    # The published ROME: one rank-one change of the one matrix.
     assert greedy(model, tok, prompt).startswith(" Tim Cook")
     delta = weight_out_in(down_proj(model, arch, 1), arch).detach() - w0
     assert torch.linalg.matrix_rank(delta.double(), rtol=1e-6).item() == 1
@@ -86,13 +92,14 @@ def test_rome_edit_lands_with_a_rank_one_change_and_leaves_other_facts(arch_dir,
         assert kl.item() < 0.1, (p, kl.item())
 
 
-def test_rome_edits_apply_one_after_another(llama_dir, tmp_path):
-    info, model, tok, cfg, ctx = _setup(llama_dir, tmp_path, ["rome.layer=1"])
+@pytest.mark.parametrize("method", ["rome", "rome-preserve"])
+def test_rome_edits_apply_one_after_another(method, llama_dir, tmp_path):
+    info, model, tok, cfg, ctx = _setup(llama_dir, tmp_path, ["rome.layer=1"], method)
     reqs = [EditRequest(case_id="a", subject=FACTS[2][0], prompt=FACTS[2][0], target_new="Tim Cook"),
             EditRequest(case_id="b", subject=FACTS[4][0], prompt=FACTS[4][0], target_new="Berlin")]
     arch = arch_for(info.model_type)
     w0 = weight_out_in(down_proj(model, arch, 1), arch).detach().clone()
-    outcome = get_method("rome").edit(model, tok, reqs, cfg.options, ctx)
+    outcome = get_method(method).edit(model, tok, reqs, cfg.options, ctx)
     assert greedy(model, tok, FACTS[2][0]).startswith(" Tim Cook")
     assert greedy(model, tok, FACTS[4][0]).startswith(" Berlin")
     # Two rank-one updates of the same matrix; it is counted once.
@@ -129,8 +136,11 @@ def test_subject_last_token_and_rows(llama_dir):
     assert rows.tgt_id.tolist() == target * 2
     prefixed = tok.decode(rows.input_ids[1, : rows.lookup[1] + 1])
     assert prefixed == "Some prefix text. Lionel Messi"
-    assert tok.decode(rows.input_ids[2, : rows.kl_pos[0] + 1]) == "Lionel Messi is a"
-    assert tok.decode(rows.input_ids[2, rows.lookup[2]]).endswith("Messi")
+    # ROME reads the KL term at the subject's last token; rome-preserve after "is a".
+    assert rows.kl_pos[0] == rows.lookup[2] and tok.decode(rows.input_ids[2, rows.lookup[2]]).endswith("Messi")
+    assert tok.decode(rows.input_ids[2, : rows.lookup[2] + 1]) == "Lionel Messi"
+    at_end = build_rows(tok, [req], ["Some prefix text"], kl_at="end")
+    assert tok.decode(at_end.input_ids[2, : at_end.kl_pos[0] + 1]) == "Lionel Messi is a"
     # The logits at tgt_pos predict tgt_id: position of the last prompt token, then the target's own tokens.
     n_prompt = len(ids)
     assert rows.tgt_pos[: len(target)].tolist() == list(range(n_prompt - 1, n_prompt - 1 + len(target)))
@@ -214,7 +224,7 @@ def test_rome_real_model(tmp_path):
     """One DyKnow-style edit on SmolLM2-135M at the subject token (layer 5), small statistics sample."""
     info = resolve("smollm2-135m")
     model, tok = load(info, torch.device("cpu"), torch.float32)
-    cfg = load_config(None, ["method=rome", "rome.stats_samples=2048", "rome.n_prefixes=2"])
+    cfg = load_config(None, ["method=rome", "rome.mom2_adjustment=false", "rome.context_templates=[[5,2],[10,2]]"])
     ctx = EditContext(runtime=cfg.runtime(), info=info, device=torch.device("cpu"), dtype=torch.float32, run_dir=None,
                       cache_dir=tmp_path)
     prompt = "The head of state in Italy is"
@@ -227,3 +237,32 @@ def test_rome_real_model(tmp_path):
     assert greedy(model, tok, prompt, 10).startswith(" Giorgio Napolitano")
     assert greedy(model, tok, unrelated, 2) == before
     assert outcome.trainable_params == 576 * 1536
+
+
+@pytest.mark.parametrize("arch_dir", ["llama_dir", "gpt2_dir"])
+@pytest.mark.parametrize("site", [("mlp", 1), ("block", 2)])
+def test_cached_steps_give_what_full_passes_give(arch_dir, site, request, monkeypatch):
+    """Steps over the positions from the subject on (earlier keys/values reused) are the full passes' steps."""
+    from chronosweep.editing import targets
+
+    info = resolve(str(request.getfixturevalue(arch_dir)))
+    model, tok = load(info, torch.device("cpu"), torch.float32)
+    arch = arch_for(info.model_type)
+    opts = load_config(None, ["method=rome", "rome.v_num_grad_steps=6", "rome.v_stop_loss=0"]).options
+    reqs = [EditRequest(case_id="a", subject="Lionel Messi", prompt=FACTS[6][0], target_new="Al Nassr"),
+            EditRequest(case_id="b", subject="Apple", prompt=FACTS[3][0], target_new="Andy Jassy")]
+    # Prefixes of different lengths put the subject at different positions in every row.
+    rows = build_rows(tok, reqs, [["The capital", "Lionel Messi plays for Inter Miami and"]])
+    where = targets.Site(*site)
+    runs = {}
+    real = targets._tails
+    for mode in ("cached", "full"):
+        monkeypatch.setattr(targets, "_tails", lambda *a, mode=mode: [t for t in real(*a) if t[0] == mode])
+        runs[mode] = targets.optimize_targets(model, arch, rows, where, opts)
+    monkeypatch.setattr(targets, "_tails", real)
+    assert runs["cached"].mode == "cached" and runs["full"].mode == "full"
+    assert targets.optimize_targets(model, arch, rows, where, opts).mode == "cached"
+    for a, b in zip(runs["cached"].history, runs["full"].history):
+        assert a["steps"] == b["steps"] == 5
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-5)
+    assert torch.allclose(runs["cached"].target, runs["full"].target, rtol=1e-4, atol=1e-4)

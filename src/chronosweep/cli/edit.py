@@ -36,8 +36,10 @@ def cmd_edit(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.check:
         _, info, edits = plan(cfg)
+        preset = cfg.applied_preset
         print(f"config ok: method {cfg.method} on {info.name} ({info.num_layers} layers), "
-              f"{len(edits.requests)} edits from {edits.name}, {len(edits.locality)} locality probes")
+              f"{len(edits.requests)} edits from {edits.name}, {len(edits.locality)} locality probes, "
+              f"protocol {cfg.protocol}, preset {preset['name'] + ' (' + preset['file'] + ')' if preset else 'none'}")
         return 0
     if not args.force:
         prepare_run_dir(args.out, force=False)  # fail before loading anything if the run exists
@@ -46,7 +48,9 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
     keys = registry.names(shown="cli")
     width = max(len(k) for k in keys)
-    print(f"\n{cfg.method} on {metrics['n_edits']} edits ({metrics['dataset']}):")
+    preset = metrics.get("preset")
+    print(f"\n{cfg.method} on {metrics['n_edits']} edits ({metrics['dataset']}), protocol {metrics['protocol']}, "
+          f"preset {preset['name'] if preset else 'none'}:")
     for k in keys:
         v = metrics.get(k)
         if v is not None:

@@ -51,6 +51,14 @@ ARCHS: dict[str, Arch] = {
         embed="transformer.wte",
         final_norm="transformer.ln_f",
     ),
+    "gptj": Arch(
+        layers="transformer.h",
+        mlp=("fc_in", "fc_out"),
+        attn=("q_proj", "k_proj", "v_proj", "out_proj"),
+        down_proj="mlp.fc_out",
+        embed="transformer.wte",
+        final_norm="transformer.ln_f",
+    ),
     "falcon": Arch(
         layers="transformer.h",
         mlp=("dense_h_to_4h", "dense_4h_to_h"),

@@ -44,9 +44,24 @@ class EditOutcome:
     # changed or wrapped, and the decoder layers they sit in, ascending.
     edited_modules: list[str] = field(default_factory=list)
     edited_layers: list[int] = field(default_factory=list)
+    # Takes off what the method put around the base model (a peft adapter, a prompt encoder) and returns the base
+    # model with its own modules back; None for methods that change weights in place.
+    detach: Callable[[], torch.nn.Module] | None = None
+    # Whatever a later resume() of the same method continues from (ROME's earlier keys ...).
+    state: Any = None
 
 
 class EditMethod(Protocol):
+    """What every method implements. Two optional methods serve the edit protocols (trial.protocols):
+
+    - resume(previous, tokenizer, requests, options, ctx) -> EditOutcome: apply more requests on top of an earlier
+      outcome of the same instance (sequential editing); without it, edit(previous.model, ...) is called, which is
+      right for methods that change the weights in place;
+    - changes(model, options, ctx) -> list[str]: names of the parameters edit() changes in place, so an exact
+      restore copies only those; without it, every parameter is copied once and the copies are cut down to what
+      the first edit changed.
+    """
+
     def edit(self, model: torch.nn.Module, tokenizer: Any, requests: list[EditRequest], options: Any,
              ctx: EditContext) -> EditOutcome:
         """Apply all requests to model and return the model to evaluate."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
@@ -182,30 +183,41 @@ def find_subject(prompt: str, subject: str) -> tuple[int, int] | None:
     return None if at < 0 or not subject else (at, at + len(subject))
 
 
-def generate_prefixes(model, tokenizer, n: int, length: int, seed: int, device) -> list[str]:
-    """n short texts sampled from the model itself (seeded), used as '<prefix>. <prompt>' contexts."""
-    if n == 0:
-        return []
-    seeds = [PREFIX_SEEDS[i % len(PREFIX_SEEDS)] for i in range(n)]
-    encoded = [tokenizer(s, add_special_tokens=True)["input_ids"] for s in seeds]
-    width = max(len(e) for e in encoded)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    # Left padding so every row generates from its last real token.
-    ids = torch.full((n, width), pad, dtype=torch.long)
-    mask = torch.zeros((n, width), dtype=torch.long)
-    for i, e in enumerate(encoded):
-        ids[i, width - len(e):] = torch.tensor(e)
-        mask[i, width - len(e):] = 1
+def context_prefixes(model, tokenizer, templates, seed: int, device) -> list[list[str]]:
+    """Short texts the model samples itself (top-5, seeded), one list per (length, count) pair of templates.
+
+    ROME's context templates: for each pair, `count` samples from the seed words (each seed count // 5 times, in
+    order, as ROME/EasyEdit's generate_fast draws them), `length` tokens long with the seed word's tokens, as ROME
+    counts them. The texts are used as '<prefix>. <prompt>' contexts of an edit.
+    """
+    out = []
     devices = [device] if torch.device(device).type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), torch.no_grad():
-        torch.manual_seed(seed)
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True, top_k=5,
-                             max_new_tokens=length, pad_token_id=pad)
-    texts = []
-    for i in range(n):
-        text = tokenizer.decode(out[i, width - len(encoded[i]):], skip_special_tokens=True)
-        texts.append(" ".join(text.split()))
-    return texts
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    for group, (length, count) in enumerate(templates):
+        if count <= 0:
+            out.append([])
+            continue
+        seeds = [s for s in PREFIX_SEEDS for _ in range(count // len(PREFIX_SEEDS))]
+        seeds += list(PREFIX_SEEDS[: count % len(PREFIX_SEEDS)])
+        encoded = [tokenizer(s, add_special_tokens=True)["input_ids"] for s in seeds]
+        width = max(len(e) for e in encoded)
+        # Left padding so every row generates from its last real token.
+        ids = torch.full((count, width), pad, dtype=torch.long)
+        mask = torch.zeros((count, width), dtype=torch.long)
+        for i, e in enumerate(encoded):
+            ids[i, width - len(e):] = torch.tensor(e)
+            mask[i, width - len(e):] = 1
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            # Each group its own stream, so adding a group leaves the others' texts as they were.
+            torch.manual_seed(seed + group)
+            gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True, top_k=5,
+                                 max_new_tokens=max(1, length - width), pad_token_id=pad)
+        texts = []
+        for i in range(count):
+            text = tokenizer.decode(gen[i, width - len(encoded[i]):], skip_special_tokens=True)
+            texts.append(" ".join(text.split()))
+        out.append(texts)
+    return out
 
 
 @dataclass
@@ -229,7 +241,11 @@ class Rows:
     n_target: torch.Tensor  # (edits,) target tokens of each edit
     raw_row: torch.Tensor  # (edits,) row of each edit's bare prompt
     kl_row: torch.Tensor  # (edits,)
-    kl_pos: torch.Tensor  # (edits,) last position of the KL row
+    # (edits,) where the KL row's next-token distribution is read: the subject's last token (ROME/MEMIT's code)
+    # or the row's last token, after "is a".
+    kl_pos: torch.Tensor
+    # (rows,) 0 for the bare prompt, g + 1 for a prefix of template group g, -1 for the KL row.
+    context_type: torch.Tensor
     subject_found: list[bool]
 
     @property
@@ -241,9 +257,20 @@ class Rows:
         return Rows(**moved)
 
 
-def build_rows(tokenizer, requests: list[EditRequest], prefixes: list[str], with_kl: bool = True) -> Rows:
+def _groups(prefixes) -> list[list[str]]:
+    """Prefixes as template groups; a flat list of texts is one group."""
+    if prefixes and all(isinstance(p, str) for p in prefixes):
+        return [list(prefixes)]
+    return [list(g) for g in prefixes]
+
+
+def build_rows(tokenizer, requests: list[EditRequest], prefixes, with_kl: bool = True,
+               kl_at: Literal["subject", "end"] = "subject") -> Rows:
+    """The rows of requests under every context; prefixes is a list of texts, or of template groups of texts."""
+    groups = _groups(prefixes)
+    contexts = [("", 0)] + [(text, g + 1) for g, group in enumerate(groups) for text in group]
     seqs: list[list[int]] = []
-    lookup, request, is_kl = [], [], []
+    lookup, request, is_kl, ctx_type = [], [], [], []
     tgt_row, tgt_pos, tgt_id, n_target, raw_row, kl_row, kl_pos, found = [], [], [], [], [], [], [], []
     for r_idx, req in enumerate(requests):
         target_ids = tokenizer(target_text(req), add_special_tokens=False)["input_ids"]
@@ -252,7 +279,7 @@ def build_rows(tokenizer, requests: list[EditRequest], prefixes: list[str], with
         span = find_subject(req.prompt, req.subject)
         found.append(span is not None)
         n_target.append(len(target_ids))
-        for c_idx, prefix in enumerate(["", *prefixes]):
+        for c_idx, (prefix, kind) in enumerate(contexts):
             head = f"{prefix}. " if prefix else ""
             text = head + req.prompt
             prompt_ids = tokenizer(text, add_special_tokens=True)["input_ids"]
@@ -265,6 +292,7 @@ def build_rows(tokenizer, requests: list[EditRequest], prefixes: list[str], with
             lookup.append(min(at, len(prompt_ids) - 1))
             request.append(r_idx)
             is_kl.append(False)
+            ctx_type.append(kind)
             for j, tok in enumerate(target_ids):
                 tgt_row.append(row)
                 tgt_pos.append(len(prompt_ids) - 1 + j)
@@ -272,12 +300,14 @@ def build_rows(tokenizer, requests: list[EditRequest], prefixes: list[str], with
         if with_kl:
             text = KL_TEMPLATE.format(req.subject)
             ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+            at = min(subject_last_token(tokenizer, text, len(req.subject)), len(ids) - 1)
             kl_row.append(len(seqs))
-            kl_pos.append(len(ids) - 1)
+            kl_pos.append(at if kl_at == "subject" else len(ids) - 1)
             seqs.append(ids)
-            lookup.append(subject_last_token(tokenizer, text, len(req.subject)))
+            lookup.append(at)
             request.append(r_idx)
             is_kl.append(True)
+            ctx_type.append(-1)
     width = max(len(s) for s in seqs)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     ids = torch.full((len(seqs), width), pad, dtype=torch.long)
@@ -287,17 +317,32 @@ def build_rows(tokenizer, requests: list[EditRequest], prefixes: list[str], with
         mask[i, : len(s)] = 1
     t = lambda xs: torch.tensor(xs, dtype=torch.long)  # noqa: E731
     return Rows(ids, mask, t(lookup), t(request), torch.tensor(is_kl, dtype=torch.bool), t(tgt_row), t(tgt_pos),
-                t(tgt_id), t(n_target), t(raw_row), t(kl_row), t(kl_pos), found)
+                t(tgt_id), t(n_target), t(raw_row), t(kl_row), t(kl_pos), t(ctx_type), found)
 
 
-def mean_keys(keys: torch.Tensor, rows: Rows) -> torch.Tensor:
-    """(edits, mlp width): each edit's key at the subject's last token, averaged over its contexts."""
-    picked = keys[torch.arange(len(rows.lookup), device=keys.device), rows.lookup.to(keys.device)].float()
-    ctx = ~rows.is_kl.to(keys.device)
-    req = rows.request.to(keys.device)[ctx]
-    total = torch.zeros(rows.n_edits, picked.shape[-1], device=keys.device).index_add_(0, req, picked[ctx])
-    count = torch.zeros(rows.n_edits, device=keys.device).index_add_(0, req, torch.ones_like(req, dtype=torch.float))
-    return total / count[:, None]
+def mean_keys(keys: torch.Tensor, rows: Rows, by_type: bool = False) -> torch.Tensor:
+    """(edits, mlp width): each edit's key at the subject's last token, averaged over its contexts.
+
+    by_type: averaged within each template group first, then over the groups and the bare prompt (MEMIT's
+    compute_ks, where the bare prompt weighs as much as all prefixes of a group); otherwise over all contexts
+    alike (ROME's compute_u).
+    """
+    dev = keys.device
+    picked = keys[torch.arange(len(rows.lookup), device=dev), rows.lookup.to(dev)].float()
+    ctx = ~rows.is_kl.to(dev)
+    req = rows.request.to(dev)[ctx]
+    if not by_type:
+        total = torch.zeros(rows.n_edits, picked.shape[-1], device=dev).index_add_(0, req, picked[ctx])
+        count = torch.zeros(rows.n_edits, device=dev).index_add_(0, req, torch.ones_like(req, dtype=torch.float))
+        return total / count[:, None]
+    kind = rows.context_type.to(dev)[ctx]
+    n_types = int(kind.max()) + 1
+    cell = req * n_types + kind
+    total = torch.zeros(rows.n_edits * n_types, picked.shape[-1], device=dev).index_add_(0, cell, picked[ctx])
+    count = torch.zeros(rows.n_edits * n_types, device=dev).index_add_(0, cell, torch.ones_like(cell, dtype=torch.float))
+    means = (total / count.clamp(min=1)[:, None]).view(rows.n_edits, n_types, -1)
+    present = (count > 0).view(rows.n_edits, n_types).float()
+    return (means * present[..., None]).sum(1) / present.sum(1, keepdim=True)
 
 
 def at_raw(tensor: torch.Tensor, rows: Rows) -> torch.Tensor:

@@ -23,6 +23,10 @@ class MethodSpec:
     summary: str = ""
     # Keys every row of the method's history.jsonl carries (docs/run-dir.md).
     history_keys: tuple[str, ...] = ()
+    # The published algorithm the method implements (its own name for the gradient methods), and the named
+    # chronosweep variant of it (None: the algorithm as published). Both are recorded with every result.
+    algorithm: str = ""
+    variant: str | None = None
 
     def load(self):
         module, _, cls = self.impl.partition(":")
@@ -37,12 +41,13 @@ GRADIENT_HISTORY = ("epoch", "loss", "tokens", "seconds")
 
 
 def register_method(name: str, options: type, impl: str, family: Literal["gradient", "locate"],
-                    summary: str = "", history_keys: tuple[str, ...] | None = None) -> MethodSpec:
+                    summary: str = "", history_keys: tuple[str, ...] | None = None, algorithm: str | None = None,
+                    variant: str | None = None) -> MethodSpec:
     if name in METHODS:
         raise ValueError(f"method {name!r} is registered twice")
     if history_keys is None:
         history_keys = GRADIENT_HISTORY if family == "gradient" else ()
-    spec = MethodSpec(name, options, impl, family, summary, tuple(history_keys))
+    spec = MethodSpec(name, options, impl, family, summary, tuple(history_keys), algorithm or name, variant)
     METHODS[name] = spec
     return spec
 

@@ -7,8 +7,15 @@ optimised with Adam so the new object's tokens become likely after every context
 
 Several edits are optimised in one batch: each edit's loss only reaches its own delta and Adam works
 element-wise, so this is exactly the edits optimised one by one. An edit whose loss is low enough
-leaves the batch. The layers before the delta never change, so their output is computed once and
-every step runs only the layers after it, and the LM head only at the positions the loss reads.
+leaves the batch.
+
+Most of each step's work never changes: the layers before the delta, and (the model being causal) every
+position before the subject's last token. So the rows are laid out with their subject tokens in one
+column, the attention keys and values of everything before it are computed once, and every step runs
+only the positions from the subject on through the layers from the delta on, and the LM head only at
+the positions the loss reads (_CachedTail). On the first step the result is compared with a plain full
+pass; an architecture where it differs falls back to running all positions of the later layers, then to
+full passes.
 """
 
 from __future__ import annotations
@@ -25,7 +32,6 @@ from chronosweep.core.archs import Arch, get_path
 from chronosweep.editing.locate import (
     Rows,
     add_to_weight,
-    at_raw,
     block_output,
     blocks,
     down_proj,
@@ -54,8 +60,14 @@ class Targets:
     init: torch.Tensor  # (edits, hidden) value before the edit, at the bare prompt
     target: torch.Tensor  # (edits, hidden) init + optimised delta
     history: list[dict]  # one per edit: loss parts, steps taken
-    truncated: bool  # whether steps ran only the layers after the delta (False: fell back to full passes)
+    # How the steps ran: "cached" (later positions of later layers), "truncated" (all positions of the later
+    # layers) or "full" (whole passes, where the shortcuts did not reproduce a full pass).
+    mode: str
     seconds: float
+
+    @property
+    def truncated(self) -> bool:
+        return self.mode != "full"
 
 
 def _add_rows(hidden: torch.Tensor, row_idx: torch.Tensor, pos: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
@@ -126,35 +138,127 @@ class _Tail:
         return torch.log_softmax(self.head(hidden[pos_rows, pos]).float(), dim=-1)
 
 
+class _CachedTail:
+    """Steps over the positions from each row's subject token on, in the layers from the edit site on.
+
+    Row i is laid out as [padding, its tokens before the subject's last token, the rest, padding], so every
+    row's subject token sits in column `head`. One no-grad pass records the attention keys and values of the
+    columns before it and the input of the first block the delta changes; a step then runs that block and the
+    later ones on the columns from `head` on only, attending to the recorded keys and values.
+    """
+
+    def __init__(self, model, arch: Arch, rows: Rows, site: Site):
+        from transformers import DynamicCache
+
+        self.model, self.arch, self.rows, self.site = model, arch, rows, site
+        self.n_layers = len(blocks(model, arch))
+        self.head_proj = model.get_output_embeddings()
+        lengths = rows.attention_mask.sum(1)
+        lookup = rows.lookup
+        self.head = head = int(lookup.max())
+        tail = int((lengths - lookup).max())
+        n, dev = len(lookup), rows.input_ids.device
+        pad = int(rows.input_ids[0, -1]) if rows.attention_mask[0, -1] == 0 else 0
+        ids = torch.full((n, head + tail), pad, dtype=torch.long, device=dev)
+        mask = torch.zeros((n, head + tail), dtype=torch.long, device=dev)
+        for i in range(n):
+            at, length = int(lookup[i]), int(lengths[i])
+            ids[i, head - at: head - at + length] = rows.input_ids[i, :length]
+            mask[i, head - at: head - at + length] = 1
+        self.ids, self.mask = ids, mask
+        self.pos = (mask.cumsum(1) - 1).clamp(min=0)
+        captured: dict[str, torch.Tensor] = {}
+        handles = []
+        if site.start < self.n_layers:
+            def grab(module, args, kwargs):
+                captured["h"] = (args[0] if args else kwargs["hidden_states"]).detach()
+            handles.append(blocks(model, arch)[site.start].register_forward_pre_hook(grab, with_kwargs=True))
+        else:
+            def grab_out(module, args, output):
+                captured["h"] = block_output(output).detach()
+            handles.append(blocks(model, arch)[site.layer].register_forward_hook(grab_out))
+        cache = DynamicCache()
+        try:
+            with torch.no_grad():
+                model.base_model(input_ids=ids, attention_mask=mask, position_ids=self.pos, cache=cache, use_cache=True)
+        finally:
+            for h in handles:
+                h.remove()
+        # Keys and values of the columns before the subject, every layer (the mask sizes are read from layer 0).
+        self.kv = [(layer.keys[..., :head, :], layer.values[..., :head, :]) for layer in cache.layers]
+        self.h_tail = captured["h"][:, head:]
+
+    def logits(self, sel: torch.Tensor, delta_rows: torch.Tensor, pos_rows: torch.Tensor, pos: torch.Tensor):
+        """Log-probs at (pos_rows, pos) of the rows sel, with delta_rows[i] added at row sel[i]'s subject token."""
+        from transformers import DynamicCache
+
+        model, arch, site = self.model, self.arch, self.site
+        local = torch.arange(len(sel), device=sel.device)
+        first = torch.zeros_like(local)
+        h0 = self.h_tail[sel]
+        handles = []
+        if site.kind == "mlp":
+            def add_value(module, args, output):
+                return _add_rows(output, local, first, delta_rows)
+            handles.append(down_proj(model, arch, site.layer).register_forward_hook(add_value))
+        else:
+            h0 = _add_rows(h0, local, first, delta_rows)
+        try:
+            if site.start >= self.n_layers:
+                hidden = get_path(model, arch.final_norm)(h0)
+            else:
+                cache = DynamicCache(ddp_cache_data=[(k[sel], v[sel]) for k, v in self.kv])
+                with start_at(model, arch, site.start, h0):
+                    hidden = model.base_model(input_ids=self.ids[sel, self.head:], attention_mask=self.mask[sel],
+                                              position_ids=self.pos[sel, self.head:], cache=cache,
+                                              use_cache=True).last_hidden_state
+        finally:
+            for h in handles:
+                h.remove()
+        cols = pos - self.rows.lookup[sel[pos_rows]]
+        return torch.log_softmax(self.head_proj(hidden[pos_rows, cols]).float(), dim=-1)
+
+
 def optimize_targets(model, arch: Arch, rows: Rows, site: Site, opts: LocateOptions, desc: str = "target") -> Targets:
     """Optimise one target vector per edit of rows; the model is not changed."""
     device = rows.input_ids.device
     n_layers = len(blocks(model, arch))
+    n = rows.n_edits
     mlp_layers = (site.layer,) if site.kind == "mlp" else ()
     block_in = (site.start,) if site.start < n_layers else ()
     block_out = (site.layer,) if site.kind == "block" else ()
-    rec = record(model, arch, rows.input_ids, rows.attention_mask, mlp_layers=mlp_layers, block_in=block_in,
+    # A plain full pass over each edit's bare prompt and KL row only: the value the delta starts from, the KL term's
+    # reference distribution, and what the first step's shortcut must reproduce.
+    ref = torch.cat([rows.raw_row, rows.kl_row]).to(device)
+    width = int(rows.attention_mask[ref].sum(1).max())
+    rec = record(model, arch, rows.input_ids[ref, :width], rows.attention_mask[ref, :width], mlp_layers=mlp_layers,
                  block_out=block_out)
-    init = at_raw(rec.values[site.layer] if site.kind == "mlp" else rec.block_out[site.layer], rows)
-    hidden_in = rec.block_in[site.start] if block_in else rec.block_out[site.layer]
-    full_hidden = rec.last_hidden
-    del rec
-
+    value = rec.values[site.layer] if site.kind == "mlp" else rec.block_out[site.layer]
+    raw_local, kl_local = torch.arange(n, device=device), torch.arange(n, 2 * n, device=device)
+    init = value[raw_local, rows.lookup[rows.raw_row]].float()
     head = model.get_output_embeddings()
+    ref_of = torch.full((len(rows.lookup),), -1, dtype=torch.long, device=device)
+    ref_of[rows.raw_row] = raw_local
+    checked = torch.nonzero(ref_of[rows.tgt_row] >= 0).squeeze(1)  # target entries on bare-prompt rows
     with torch.no_grad():
-        kl_init = torch.log_softmax(head(full_hidden[rows.kl_row, rows.kl_pos]).float(), dim=-1)
-        tgt_check = torch.log_softmax(head(full_hidden[rows.tgt_row, rows.tgt_pos]).float(), dim=-1)
-    del full_hidden
+        kl_init = torch.log_softmax(head(rec.last_hidden[kl_local, rows.kl_pos]).float(), dim=-1)
+        tgt_check = torch.log_softmax(head(rec.last_hidden[ref_of[rows.tgt_row[checked]], rows.tgt_pos[checked]]).float(),
+                                      dim=-1)
+    del rec, value
 
-    n = rows.n_edits
+    def hidden_in() -> torch.Tensor:
+        """Input of the first changed block for every row (the fallback without the cached keys and values)."""
+        full = record(model, arch, rows.input_ids, rows.attention_mask, block_in=block_in, block_out=block_out,
+                      stop=True)
+        return full.block_in[site.start] if block_in else full.block_out[site.layer]
+
     delta = torch.zeros(n, init.shape[-1], device=device, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=opts.v_lr)
     max_norm = opts.clamp_norm_factor * init.norm(dim=-1)
     init_sq = init.norm(dim=-1) ** 2
     active = torch.ones(n, dtype=torch.bool, device=device)
     stats = [{"steps": 0} for _ in range(n)]
-    tail = _Tail(model, arch, rows, site, hidden_in)
-    truncated = True
+    tail, mode = None, ""
     n_ctx = torch.zeros(n, device=device).index_add_(0, rows.request[~rows.is_kl],
                                                      torch.ones(int((~rows.is_kl).sum()), device=device))
     t0 = time.perf_counter()
@@ -172,14 +276,22 @@ def optimize_targets(model, arch: Arch, rows: Rows, site: Site, opts: LocateOpti
                 edits = torch.nonzero(active).squeeze(1)
                 pos_rows = torch.cat([local_of[t_rows], local_of[rows.kl_row[edits]]])
                 pos = torch.cat([t_pos, rows.kl_pos[edits]])
-                logp = tail.logits(sel, delta[rows.request[sel]], pos_rows, pos)
-                if step == 0 and truncated and hidden_in is not None:
-                    # Running only the later layers must reproduce the full pass exactly (delta is 0 here).
-                    err = (logp[: len(t_rows)] - tgt_check[t_keep]).abs().max().item()
-                    if not err < _tolerance(model):
-                        truncated = False
-                        tail = _Tail(model, arch, rows, site, None)
-                        logp = tail.logits(sel, delta[rows.request[sel]], pos_rows, pos)
+                if tail is None:
+                    # The shortcuts must reproduce the full pass (delta is 0 here); the first that does is used.
+                    for mode, make in _tails(model, arch, rows, site, hidden_in):
+                        try:
+                            tail = make()
+                            logp = tail.logits(sel, delta[rows.request[sel]], pos_rows, pos)
+                        except (TypeError, ValueError, RuntimeError, KeyError, AttributeError, IndexError):
+                            if mode == "full":
+                                raise
+                            continue
+                        err = max((logp[: len(t_rows)][checked] - tgt_check).abs().max().item(),
+                                  (logp[len(t_rows):] - kl_init).abs().max().item())
+                        if err < _tolerance(model) or mode == "full":
+                            break
+                else:
+                    logp = tail.logits(sel, delta[rows.request[sel]], pos_rows, pos)
                 tok_logp = logp[: len(t_rows)].gather(1, t_ids[:, None]).squeeze(1)
                 kl_logp = logp[len(t_rows):]
                 # ROME's nll: per context, the summed target log-prob over the target length; mean over contexts.
@@ -217,7 +329,14 @@ def optimize_targets(model, arch: Arch, rows: Rows, site: Site, opts: LocateOpti
     delta = delta.detach()
     for i in range(n):
         stats[i].update(delta_norm=float(delta[i].norm()), init_norm=float(init[i].norm()))
-    return Targets(init=init, target=init + delta, history=stats, truncated=truncated, seconds=seconds)
+    return Targets(init=init, target=init + delta, history=stats, mode=mode, seconds=seconds)
+
+
+def _tails(model, arch: Arch, rows: Rows, site: Site, hidden_in):
+    """(mode, constructor) from the cheapest way to run a step to the always-correct one."""
+    yield "cached", lambda: _CachedTail(model, arch, rows, site)
+    yield "truncated", lambda: _Tail(model, arch, rows, site, hidden_in())
+    yield "full", lambda: _Tail(model, arch, rows, site, None)
 
 
 def _tolerance(model) -> float:

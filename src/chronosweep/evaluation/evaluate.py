@@ -44,7 +44,10 @@ def measure(model, tokenizer, probes: list[Probe], cfg: EvalConfig, device, desc
 
 
 def cache_key(fingerprint: str, probes: list[Probe], cfg: EvalConfig, dtype: str, device_type: str) -> str:
-    blob = json.dumps([fingerprint, dtype, device_type, cfg.max_new_tokens, [asdict(p) for p in probes]], sort_keys=True)
+    from chronosweep.evaluation.metrics import SCORING_VERSION
+
+    blob = json.dumps([fingerprint, dtype, device_type, cfg.max_new_tokens, SCORING_VERSION, [asdict(p) for p in probes]],
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 

@@ -30,13 +30,30 @@ def greedy_continuations(model, tokenizer, prompts: list[str], max_new_tokens: i
     return out
 
 
+def teacher_forced_example(tokenizer, prompt: str, target: str) -> dict[str, list[int] | int]:
+    """EasyEdit's teacher-forced encoding (test_prediction_acc): prompt and target tokenised as one text, the
+    target's tokens being whatever follows the prompt's own token count.
+
+    target carries its leading space (" Sergio Mattarella"); special tokens are added as the tokenizer adds them
+    (a BOS for LLaMA-2, none for SmolLM2). Where the tokenizer merges across the boundary, the split still falls at
+    len(tokenize(prompt)), as in EasyEdit.
+    """
+    ids = tokenizer(prompt + target, add_special_tokens=True)["input_ids"]
+    n_prompt = len(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+    return {"input_ids": ids, "labels": [-100] * min(n_prompt, len(ids)) + ids[n_prompt:], "n_prompt": n_prompt}
+
+
 @torch.no_grad()
 def teacher_forced_top_tokens(model, tokenizer, prompts: list[str], targets: list[str], batch_size: int,
                               device) -> list[tuple[list[int], list[int]]]:
-    """For each (prompt, target): the target's token ids and the model's top token at each of their positions."""
-    from chronosweep.core.tokens import collate, encode_example
+    """For each (prompt, target): the target's token ids and the model's top token at each of their positions.
 
-    examples = [encode_example(tokenizer, p, t) for p, t in zip(prompts, targets)]
+    The token accuracy is the share of positions where the two agree (EasyEdit's rewrite_acc / rephrase_acc), and
+    for locality the share where the post-edit top tokens equal the pre-edit ones (EasyEdit's locality).
+    """
+    from chronosweep.core.tokens import collate
+
+    examples = [teacher_forced_example(tokenizer, p, t) for p, t in zip(prompts, targets)]
     results: list[tuple[list[int], list[int]]] = [([], [])] * len(examples)
     order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
     for idx in _batches(order, batch_size):

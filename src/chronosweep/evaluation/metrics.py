@@ -19,7 +19,9 @@ from typing import Literal
 from chronosweep.evaluation import units as rules
 
 # Bumped whenever a metric's definition changes, so results of different definitions are never pooled unknowingly.
-SCORING_VERSION = 3
+# 3: locality split into drift and damage, Wilson intervals, leakage/confusion/multi-hop specificity.
+# 4: teacher-forced token accuracies tokenise prompt and target as one text, exactly as EasyEdit does.
+SCORING_VERSION = 4
 
 Unit = Literal["edit", "probe", "case"]
 Interval = Literal["wilson", "bootstrap"]

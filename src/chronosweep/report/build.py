@@ -147,13 +147,17 @@ def make_plots(df: pl.DataFrame, tables: Tables, out: Path, objective: Objective
             made[("methods", g)] = name
         windows = _in_group(tables.windows, tables.groups, g)
         best = _in_group(tables.best_windows, tables.groups, g)
-        for method in windows["method"].unique(maintain_order=True).to_list():
-            cells = windows.filter(pl.col("method") == method)
+        by = ["method"] + (["protocol"] if "protocol" in windows.columns and "protocol" not in tables.groups else [])
+        several = "protocol" in by and windows["protocol"].n_unique() > 1
+        for values in windows.select(by).unique(maintain_order=True).iter_rows():
+            method = values[0]
+            who = " ".join(str(v) for v in values) if several else method
+            cells = _in_group(windows, by, values)
             panels = [m for m in _present(cells, WINDOW_PANELS) if m != "objective" or several_terms]
-            verdicts = {r["metric"]: r for r in best.filter(pl.col("method") == method).iter_rows(named=True)}
-            name = f"plots/{p.slug(*g, method, 'windows')}.png"
-            if p.window_panels(cells, panels, verdicts, f"{method}: layer windows, 95% intervals{suffix}", out / name):
-                made[("window", g, method)] = name
+            verdicts = {r["metric"]: r for r in _in_group(best, by, values).iter_rows(named=True)}
+            name = f"plots/{p.slug(*g, *(values if several else (method,)), 'windows')}.png"
+            if p.window_panels(cells, panels, verdicts, f"{who}: layer windows, 95% intervals{suffix}", out / name):
+                made[("window", g, who)] = name
         name = f"plots/{p.slug(*g, 'cost-quality')}.png"
         if p.cost_quality(_in_group(ok, tables.groups, g), COST, f"Quality against edit cost{suffix}", out / name):
             made[("cost", g)] = name

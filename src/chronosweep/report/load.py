@@ -25,7 +25,7 @@ from chronosweep.evaluation import metrics as registry
 
 RUN_MARKERS = ("metrics.json", "error.txt", "config.yaml")
 TUNE_MARKERS = ("params.json", "result.json")
-ID_COLUMNS = ("experiment", "trial", "status", "method", "model")
+ID_COLUMNS = ("experiment", "trial", "status", "method", "protocol", "model")
 
 # Quality metrics the report's headline tables and plots show with their intervals (the registry says which).
 UNIT_METRICS = registry.names(shown="report", with_units=True)
@@ -306,9 +306,12 @@ def load_trials(experiments: list[str | Path], progress: bool = True) -> Loaded:
     metric_cols = [k for k in metric_keys if k in df.columns]
     config_cols = sorted(k for k in df.columns if k in config_keys and k not in metric_keys)
     config_cols += sorted(k for k in df.columns if k.startswith("config."))
-    for col in ("method", "model"):
+    for col in ("method", "model", "protocol"):
         if col not in df.columns:
             df = df.with_columns(pl.lit(None, dtype=pl.String).alias(col))
+    # Runs from before the edit protocols existed applied their edits as one batch.
+    df = df.with_columns(pl.when(pl.col("status") == "ok").then(pl.col("protocol").cast(pl.String).fill_null("batch"))
+                         .otherwise(pl.col("protocol").cast(pl.String)).alias("protocol"))
     # Contract metrics always exist and are numbers, even when every trial has them null (no paraphrases) or
     # no trial has finished yet.
     df = df.with_columns(pl.col(c).cast(pl.Float64) if c in df.columns and df.schema[c] == pl.Null

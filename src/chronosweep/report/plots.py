@@ -135,7 +135,10 @@ def method_bars(methods: pl.DataFrame, metrics: tuple[str, ...], title: str, pat
     """
     if methods.is_empty() or not metrics:
         return None
-    names = [f"{m} ({b})" for m, b in zip(methods["method"].to_list(), methods["basis"].to_list())]
+    protocols = methods["protocol"].to_list() if "protocol" in methods.columns else [None] * methods.height
+    shown = len(set(protocols)) > 1
+    names = [f"{m} {pr} ({b})" if shown else f"{m} ({b})"
+             for m, pr, b in zip(methods["method"].to_list(), protocols, methods["basis"].to_list())]
     k = len(names)
     fig = _figure(8.5, 0.5 + (0.28 * k + 0.25) * len(metrics))
     ax = fig.add_subplot()

@@ -1,6 +1,7 @@
 """The report's tables, computed from the trials frame: derived columns, best configurations, windows, cost, front.
 
-Every table is grouped by the report's key: the --by columns plus `method` (unless --by already names it).
+Every table is grouped by the report's key: the --by columns plus `method` and `protocol` (unless --by names them),
+so a variant (rome-preserve) and each protocol of a method are rows of their own.
 """
 
 from __future__ import annotations
@@ -324,7 +325,7 @@ def build_tables(df: pl.DataFrame, by: list[str], config_cols: list[str], object
     units = units or {}
     boot = boot or Bootstrap()
     groups = list(by)
-    key = groups if "method" in groups else groups + ["method"]
+    key = groups + [c for c in ("method", "protocol") if c not in groups and c in df.columns]
     ok = df.filter(pl.col("status") == "ok")
     summaries = config_summaries(ok, key, config_cols) if ok.height else pl.DataFrame(
         schema={"run_dir": pl.String, "config": pl.String})

@@ -21,6 +21,7 @@ from chronosweep.evaluation.objective import Objective
 from chronosweep.sweep.resources import Resources
 from chronosweep.sweep.space import Categorical, Condition, FloatRange, IntRange, Param, Space, Window, order_params
 from chronosweep.trial.config import apply_overrides, config_from_dict, read_yaml
+from chronosweep.trial.presets import apply_preset
 
 SAMPLERS = {
     "tpe": "TPESampler",
@@ -417,5 +418,8 @@ def _trial_problems(values: dict, space: Space, base_raw: dict) -> list[str]:
     problems: list[str] = []
     info = space.infos.get(cfg.model)
     if info is not None and cfg.method in METHODS:
-        cfg.options.check_model(cfg.method, info, problems)
+        # The trial will run with the model's preset under the sampled values: check what it will run.
+        apply_preset(cfg, info, problems)
+        if not problems:
+            cfg.options.check_model(cfg.method, info, problems)
     return problems

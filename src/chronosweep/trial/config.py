@@ -27,6 +27,18 @@ class TrialConfig:
     trust_remote_code: bool = False
     seed: int = 0
     method: str = "lora"
+    # How the edits meet the model (trial.protocols): batch (all together, scored at the end), single (each on the
+    # unedited model, scored, then restored exactly) or sequential (one after another, scored at the end and every
+    # eval_every edits).
+    protocol: Literal["batch", "single", "sequential"] = "batch"
+    # sequential: also score the edits applied so far after every N edits (null: at the end only).
+    eval_every: int | None = None
+    # sequential: the order edits are applied in; auto is time_start order when every edit has one, else file order.
+    edit_order: Literal["auto", "file", "time"] = "auto"
+    # Per-model option values (configs/presets/<method>/<model>.yaml): auto picks the one made for the model (by name,
+    # then by architecture and shape); none uses the options' defaults; or a preset name (rome/llama-2-7b) or file.
+    # Options set in the config win over the preset.
+    preset: str = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # auto: bf16 on CUDA where supported, fp32 on CPU.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
@@ -46,6 +58,10 @@ class TrialConfig:
     save_artifacts: bool = True
     # The selected method's options, typed by its Options dataclass (filled by load_config).
     options: Any = None
+    # The keys of the method's section the config set (filled by config_from_dict): a preset fills in the others.
+    given: dict = field(default_factory=dict, repr=False, compare=False)
+    # What trial.run.plan found for the model: the preset that filled in the options (metrics.json's preset).
+    applied_preset: dict | None = field(default=None, repr=False, compare=False)
 
     def runtime(self) -> Runtime:
         """What the method is told about the run (it never sees this config)."""
@@ -55,11 +71,13 @@ class TrialConfig:
     def to_dict(self) -> dict:
         out = to_dict(self)
         out.pop("options")
+        out.pop("given")
+        out.pop("applied_preset")
         out[self.method] = to_dict(self.options)
         return out
 
 
-_SHARED_KEYS = {f.name for f in dataclasses.fields(TrialConfig)} - {"options"}
+_SHARED_KEYS = {f.name for f in dataclasses.fields(TrialConfig)} - {"options", "given", "applied_preset"}
 
 
 def parse_value(text: str) -> Any:
@@ -114,9 +132,13 @@ def config_from_dict(raw: dict, source: str | None = None) -> TrialConfig:
                 # Validate other sections too so a sweep's base config fails early, but keep only the chosen one.
                 build(METHODS[name].options, value, name, problems)
         section = sections.get(cfg.method) or {}
-        cfg.options = build(METHODS[cfg.method].options, section if isinstance(section, dict) else {}, cfg.method, problems)
+        section = section if isinstance(section, dict) else {}
+        cfg.options = build(METHODS[cfg.method].options, section, cfg.method, problems)
+        cfg.given = dict(section)
     if cfg.threads is not None and cfg.threads < 1:
         problems.append(f"threads: must be >= 1 or null, got {cfg.threads}")
+    if cfg.eval_every is not None and cfg.eval_every < 1:
+        problems.append(f"eval_every: must be >= 1 or null, got {cfg.eval_every}")
     if problems:
         raise ConfigError(problems, source)
     return cfg

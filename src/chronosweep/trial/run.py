@@ -44,17 +44,27 @@ def prepare_run_dir(run_dir: Path, force: bool) -> None:
 
 
 def plan(cfg: TrialConfig):
-    """Everything cheap that can be wrong, checked before any model is loaded: returns (method spec, info, edit set)."""
+    """Everything cheap that can be wrong, checked before any model is loaded: returns (method spec, info, edit set).
+
+    Applies the model's preset to cfg.options (cfg.applied_preset records it) and checks the edit order the
+    protocol needs.
+    """
     from chronosweep.core.models import resolve
     from chronosweep.data import load_edits
     from chronosweep.editing.registry import get_spec
+    from chronosweep.trial.presets import apply_preset
+    from chronosweep.trial.protocols import edit_order
 
     method = get_spec(cfg.method)
     info = resolve(cfg.model, cfg.revision, cfg.trust_remote_code, fetch=False)
     problems: list[str] = []
-    cfg.options.check_model(cfg.method, info, problems)
+    cfg.applied_preset = apply_preset(cfg, info, problems)
+    if not problems:
+        cfg.options.check_model(cfg.method, info, problems)
     try:
         edits = load_edits(cfg.data)
+        if cfg.protocol == "sequential":
+            edit_order(edits.requests, cfg.edit_order)
     except UserError as err:
         if not problems:
             raise
@@ -130,8 +140,7 @@ def _execute(cfg, run_dir, method, info, edits, on_epoch, progress) -> dict:
     from chronosweep.evaluation.evaluate import cache_key, load_cached, measure, store_cached
     from chronosweep.evaluation.metrics import SCORING_VERSION
     from chronosweep.evaluation.probes import build_probes
-    from chronosweep.evaluation.scoring import score
-    from chronosweep.trial import cost
+    from chronosweep.trial import cost, protocols
 
     activity = cost.NodeActivity.begin(cache_dir(), run_dir)
     if cfg.threads:
@@ -140,8 +149,10 @@ def _execute(cfg, run_dir, method, info, edits, on_epoch, progress) -> dict:
     device, dtype = _device_and_dtype(cfg)
     if info.fingerprint.endswith("-unfetched"):
         info = resolve(cfg.model, cfg.revision, cfg.trust_remote_code, fetch=True)
+    preset = cfg.applied_preset
     progress(f"{len(edits.requests)} edits from {edits.name} ({sum(edits.skipped.values())} skipped), "
-             f"{len(edits.locality)} locality probes; model {info.name} on {device} ({dtype})")
+             f"{len(edits.locality)} locality probes; model {info.name} on {device} ({dtype}); {cfg.method}, "
+             f"protocol {cfg.protocol}, preset {preset['name'] if preset else 'none'}")
     t0 = time.perf_counter()
     model, tokenizer = load(info, device, dtype, cfg.revision, cfg.trust_remote_code)
     load_seconds = time.perf_counter() - t0
@@ -162,21 +173,23 @@ def _execute(cfg, run_dir, method, info, edits, on_epoch, progress) -> dict:
         torch.cuda.reset_peak_memory_stats()
     ctx = EditContext(runtime=cfg.runtime(), info=info, device=device, dtype=dtype,
                       run_dir=run_dir if cfg.save_artifacts else None, cache_dir=cache_dir(), on_epoch=on_epoch)
-    implementation = method.load()
-    _seed_everything(cfg.seed)
-    t0, cpu0 = time.perf_counter(), cost.cpu_seconds()
-    outcome = implementation.edit(model, tokenizer, edits.requests, cfg.options, ctx)
-    edit_seconds, edit_cpu = time.perf_counter() - t0, cost.cpu_seconds() - cpu0
+    setting = protocols.Setting(
+        model=model, tokenizer=tokenizer, requests=edits.requests, probes=probes, pre=pre,
+        implementation=method.load(), options=cfg.options, ctx=ctx,
+        measure=lambda m, ps, desc: measure(m, tokenizer, ps, cfg.eval, device, desc=desc),
+        reseed=lambda: _seed_everything(cfg.seed), progress=progress)
+    extra_args = {"eval_every": cfg.eval_every, "order": cfg.edit_order} if cfg.protocol == "sequential" else {}
+    result = protocols.run(cfg.protocol, setting, **extra_args)
+    outcome = result.outcome
     with open(run_dir / "history.jsonl", "w") as fh:
-        for record in outcome.history:
+        for record in result.history:
             fh.write(json.dumps(record) + "\n")
-    if cfg.save_artifacts and outcome.save is not None:
+    # Under single the model is back to the unedited one: there is no edited model to save.
+    if cfg.save_artifacts and outcome.save is not None and result.edited_model_kept:
         outcome.save(run_dir)
 
-    t0, cpu0 = time.perf_counter(), cost.cpu_seconds()
-    post = measure(outcome.model, tokenizer, probes, cfg.eval, device, desc="post-edit")
-    eval_seconds, eval_cpu = time.perf_counter() - t0, cost.cpu_seconds() - cpu0
-    metrics, pre_metrics, rows, _ = score(probes, pre, post)
+    rows = result.rows
+    metrics, pre_metrics = protocols.metrics_of(rows, "post"), protocols.metrics_of(rows, "pre")
     with open(run_dir / "predictions.jsonl", "w") as fh:
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -185,10 +198,15 @@ def _execute(cfg, run_dir, method, info, edits, on_epoch, progress) -> dict:
     kinds = [r.kind for r in edits.requests]
     mh_cases = {m.case_id for r in edits.requests for m in r.multihop_cases}
     n_gpus = int(os.environ.get("WORLD_SIZE", "1")) if device.type == "cuda" else 0
+    edit_seconds, eval_seconds = result.edit_seconds, result.eval_seconds
     return {
         "status": "ok",
         "scoring_version": SCORING_VERSION,
         "method": cfg.method,
+        "algorithm": method.algorithm,
+        "variant": method.variant,
+        "protocol": cfg.protocol,
+        "preset": preset,
         "model": cfg.model,
         "dataset": edits.name,
         "n_edits": n,
@@ -200,6 +218,7 @@ def _execute(cfg, run_dir, method, info, edits, on_epoch, progress) -> dict:
         "n_locality": sum(1 for p in probes if p.kind == "locality"),
         "n_neighborhood": sum(1 for p in probes if p.kind == "neighborhood"),
         "pre": pre_metrics,
+        **result.extra,
         "edit_seconds": edit_seconds,
         "edit_seconds_per_edit": edit_seconds / n if n else None,
         "eval_seconds": eval_seconds,
@@ -209,15 +228,16 @@ def _execute(cfg, run_dir, method, info, edits, on_epoch, progress) -> dict:
         "trainable_params": int(outcome.trainable_params),
         "total_params": int(total_params),
         "trainable_fraction": outcome.trainable_params / total_params if total_params else None,
-        "edited_layers": list(outcome.edited_layers),
-        "edited_modules": list(outcome.edited_modules),
+        "edited_layers": list(result.edited_layers),
+        "edited_modules": list(result.edited_modules),
         "peak_rss_mb": _peak_rss_mb(),
         "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
         "device": device.type,
         "n_gpus": n_gpus,
-        **cost.cost_fields(edit_cpu, eval_cpu, edit_seconds, n, n_gpus, activity.finish()),
+        **cost.cost_fields(result.edit_cpu_seconds, result.eval_cpu_seconds, edit_seconds, n, n_gpus,
+                            activity.finish()),
         "threads": torch.get_num_threads(),
-        "history": outcome.history,
+        "history": result.history,
         "config": cfg.to_dict(),
         "versions": _versions(),
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from peft import LoraConfig, get_peft_model
@@ -31,5 +32,11 @@ class LoRA:
             peft_model.save_pretrained(folder / "adapter")
 
         modules, layers = edited(names, ctx.info)
+        # unload() swaps the LoRA layers back for the modules they wrapped (nothing merged into the weights).
         return EditOutcome(model=peft_model, trainable_params=trainable, history=history, save=save,
-                           edited_modules=modules, edited_layers=layers)
+                           edited_modules=modules, edited_layers=layers, detach=peft_model.unload)
+
+    def resume(self, previous: EditOutcome, tokenizer, requests, options: LoraOptions, ctx: EditContext) -> EditOutcome:
+        """Sequential editing: the same adapter trains on the next edits."""
+        history = train_on_edits(previous.model, tokenizer, requests, options, ctx, desc="lora")
+        return dataclasses.replace(previous, history=history)

@@ -1,30 +1,27 @@
-"""MEMIT's options."""
+"""MEMIT's options, and those of chronosweep's variant memit-preserve."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from chronosweep.core.models import ModelInfo
-from chronosweep.editing.locate_options import LocateOptions, check_arch
+from chronosweep.editing.locate_options import LocateOptions, arch_known
 from chronosweep.editing.options import check_layer, opt
 
 
 @dataclass
 class MemitOptions(LocateOptions):
-    layers: list[int] = opt(help="rewritten layers, ascending; targets are optimised after the last ([4..8] is "
-                                 "ROME/MEMIT's early-middle window, EasyEdit's LLaMA setting)",
+    layers: list[int] = opt(help="rewritten layers, ascending; targets are optimised after the last (MEMIT/EasyEdit: "
+                                 "4-8 for the 7B LLaMA family, 3-8 for GPT-J)",
                             factory=lambda: [4, 5, 6, 7, 8])
-    # 500 is tuned for SmolLM2-135M (MLP width 1536) with the default corpus; a batch of 20 DyKnow edits lands
-    # 0.35 / 0.85 / 0.90 at 2093 / 500 / 200 (200 visibly hurting locality). MEMIT/EasyEdit use 15000 for 7B LLaMA
-    # (width 11008): scale it up with the model, and check reliability against locality on a few edits.
-    mom2_update_weight: float = opt(500.0, "lambda of the lambda*C regulariser: how many corpus tokens' worth of "
-                                           "\"leave the keys alone\" each layer's update is weighed against; "
-                                           "smaller moves the weights further")
+    mom2_update_weight: float = opt(15000.0, "lambda of the lambda*C regulariser (MEMIT: 15000 for GPT-J and 7B "
+                                             "models): how many corpus tokens' worth of \"leave the keys alone\" each "
+                                             "layer's update is weighed against; smaller moves the weights further, "
+                                             "and small models need far less (see the presets)")
     batch_size: int = opt(32, "edits whose target values are optimised together (memory bound, not a change in "
                               "results)")
-    # The batch's target optimisation is most of MEMIT's time and scales with the rows. On 20 DyKnow edits (SmolLM2,
-    # 2 threads) 1 prefix took 38 s and landed 0.95, 2 took 66 s (0.95), 5 took 130 s (0.85).
-    n_prefixes: int = 1
+    # MEMIT's own templates: five 10-token texts, one from each seed word.
+    context_templates: list[list[int]] = opt(factory=lambda: [[10, 5]])
 
     def check(self, where: str, problems: list[str]) -> None:
         super().check(where, problems)
@@ -38,6 +35,14 @@ class MemitOptions(LocateOptions):
             problems.append(f"{where}.batch_size: must be >= 1, got {self.batch_size}")
 
     def check_model(self, where: str, info: ModelInfo, problems: list[str]) -> None:
-        if check_arch(where, info, problems):
+        super().check_model(where, info, problems)
+        if arch_known(info):
             for i, layer in enumerate(self.layers or []):
                 check_layer(f"{where}.layers[{i}]", layer, info, problems)
+
+
+@dataclass
+class MemitPreserveOptions(MemitOptions):
+    preserve_tail: bool = opt(True, "add the keys after the subject (the rest of the prompt, the target tokens) to "
+                                    "the least-squares problem with a zero target, so the update leaves them as the "
+                                    "target optimisation saw them")

@@ -16,6 +16,7 @@ last input-length ones (logits[:, -input_len:]), placed as in training.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -100,4 +101,10 @@ class Ptuning:
 
         modules, layers = edited(names, ctx.info)
         return EditOutcome(model=VirtualPromptLM(peft_model), trainable_params=trainable, history=history, save=save,
-                           edited_modules=modules, edited_layers=layers)
+                           edited_modules=modules, edited_layers=layers, detach=peft_model.get_base_model)
+
+    def resume(self, previous: EditOutcome, tokenizer, requests, options: PtuningOptions,
+               ctx: EditContext) -> EditOutcome:
+        """Sequential editing: the same prompt encoder trains on the next edits."""
+        history = train_on_edits(previous.model.peft_model, tokenizer, requests, options, ctx, desc="ptuning")
+        return dataclasses.replace(previous, history=history)

@@ -54,6 +54,9 @@ def cmd_edit(args: argparse.Namespace) -> int:
             shown = f"{v:.3f}" if isinstance(v, float) else str(v)
             print(f"  {k:<{width}}  {shown}" + (f"   (pre-edit {pre:.3f})" if isinstance(pre, float) else ""))
     out = Path(args.out).resolve()
+    if metrics.get("status") == "degenerate":
+        # The run finished and its numbers are real, but they measure a model the edit broke.
+        print(f"\nstatus: DEGENERATE ({metrics.get('degenerate_reason')}); a sweep or report never ranks it")
     print(f"\nmetrics:     {out / 'metrics.json'}\npredictions: {out / 'predictions.jsonl'}")
     return 0
 

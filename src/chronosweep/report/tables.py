@@ -35,12 +35,16 @@ class Tables:
     failures: pl.DataFrame
     running: pl.DataFrame
     warnings: list[str] = field(default_factory=list)
+    # Trials that finished with a broken model (trial/health.py): listed with the reason, in no other table.
+    degenerate: pl.DataFrame = field(default_factory=pl.DataFrame)
+    # "<metric>: ..." where no window scored above 0, so none is named best.
+    no_best_window: list[str] = field(default_factory=list)
 
     def named(self) -> dict[str, pl.DataFrame]:
         """Tables under the file names they are written with (--format csv/json)."""
         return {"best": self.best, "methods": self.methods, "windows": self.windows,
                 "best_windows": self.best_windows, "cost": self.cost, "pareto": self.pareto,
-                "failures": self.failures, "running": self.running}
+                "failures": self.failures, "running": self.running, "degenerate": self.degenerate}
 
 
 # --- derived columns ----------------------------------------------------------------------------------------------
@@ -197,9 +201,14 @@ def build_tables(df: pl.DataFrame, by: list[str], config_cols: list[str]) -> Tab
                                   pl.col(COST).median().alias(f"median_{COST}") if COST in ok.columns
                                   else pl.lit(None, dtype=pl.Float64).alias(f"median_{COST}"))
     best = ranked.group_by(key, maintain_order=True).first().join(counts, on=key, how="left", nulls_equal=True)
+    # A method whose trials all tie at objective 0 learnt nothing anywhere: its first trial is shown, not called best.
+    zero_ties = ranked.filter(pl.col("objective_score") == 0).group_by(key).agg(pl.len().alias("_zeros"))
+    best = best.join(zero_ties, on=key, how="left", nulls_equal=True)
     best = best.sort(key, nulls_last=True).with_columns(
-        basis=pl.when(pl.col("trials") > 1).then(pl.format("best of {} trials", pl.col("trials")))
-        .otherwise(pl.lit("only trial")))
+        basis=pl.when((pl.col("objective_score") == 0) & (pl.col("_zeros") > 1))
+        .then(pl.format("no best: {} trials tie at objective 0", pl.col("_zeros")))
+        .when(pl.col("trials") > 1).then(pl.format("best of {} trials", pl.col("trials")))
+        .otherwise(pl.lit("only trial"))).drop("_zeros")
 
     # Trial names repeat across experiments (trial_00000...): name the experiment too when there are several.
     who = ["experiment", "trial"] if df["experiment"].n_unique() > 1 and "experiment" not in groups else ["trial"]
@@ -217,9 +226,16 @@ def build_tables(df: pl.DataFrame, by: list[str], config_cols: list[str]) -> Tab
                .sort(key + ["window_width", "window_start", "window"], nulls_last=True))
     windows = _select(windows, cell + ["trials", *who, "objective", *_ci_columns(WINDOW_METRICS)])
 
-    best_windows = []
+    best_windows, no_best_window = [], []
     for metric in WINDOW_METRICS:
-        cand = windows.filter(pl.col(metric).is_not_null()).sort(
+        scored = windows.filter(pl.col(metric).is_not_null())
+        # Higher is better for every window metric; a window at 0 (or a tie of them at 0) is no best window.
+        for row in scored.group_by(key, maintain_order=True).agg(pl.col(metric).max().alias("_top"), pl.len())\
+                .filter(pl.col("_top") <= 0).iter_rows(named=True):
+            where = ", ".join(f"{c}={row[c]}" for c in key)
+            no_best_window.append(f"{where}: no window scored above 0 on {metric} ({row['len']} window"
+                                  f"{'s' if row['len'] > 1 else ''} at 0): none is named best")
+        cand = scored.filter(pl.col(metric) > 0).sort(
             [metric, f"{metric}_ci_low", "window_width", "window_start"],
             descending=[True, True, False, False], nulls_last=True)
         ties = cand.group_by(key).agg((pl.col(metric) == pl.col(metric).max()).sum().alias("ties") - 1)
@@ -240,6 +256,9 @@ def build_tables(df: pl.DataFrame, by: list[str], config_cols: list[str]) -> Tab
                                       if c not in groups])
     running_cols = [c for c in ("experiment", "trial", "tune.iteration", "run_dir") if c not in groups]
     running = _select(df.filter(pl.col("status") == "running"), groups + running_cols)
+    degenerate = _select(df.filter(pl.col("status") == "degenerate").sort("experiment", "trial"),
+                         groups + [c for c in ("experiment", "trial", "method", "objective", "error", "error_file")
+                                   if c not in groups]).rename({"error": "reason"})
     return Tables(key=key, groups=groups, best=_select(best, best_cols), methods=_select(best, methods_cols),
                   windows=windows, best_windows=best_windows, cost=_select(best, cost_cols), pareto=pareto,
-                  failures=failures, running=running)
+                  failures=failures, running=running, degenerate=degenerate, no_best_window=no_best_window)

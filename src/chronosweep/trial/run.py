@@ -20,6 +20,7 @@ import yaml
 from chronosweep.core.errors import UserError
 from chronosweep.core.typed import ConfigError
 from chronosweep.trial.config import TrialConfig
+from chronosweep.trial.health import assess_run
 
 
 class RunDirExists(UserError):
@@ -115,6 +116,8 @@ def run_trial(cfg: TrialConfig, run_dir: Path | str, on_epoch: Callable[[int, di
     except BaseException as err:
         (run_dir / "error.txt").write_text(f"{type(err).__name__}: {err}\n\n{traceback.format_exc()}")
         raise
+    # A finished edit can still have broken the model: say so in its status (thresholds in trial/health.py).
+    metrics.update(assess_run(metrics, run_dir))
     metrics.update(started_at=started, finished_at=_now(), total_seconds=time.perf_counter() - t_start)
     tmp = run_dir / "metrics.json.tmp"
     tmp.write_text(json.dumps(metrics, indent=2))

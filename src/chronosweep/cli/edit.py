@@ -31,16 +31,17 @@ def register(sub) -> None:
 
 def cmd_edit(args: argparse.Namespace) -> int:
     from chronosweep.trial.config import load_config
-    from chronosweep.trial.run import plan, prepare_run_dir, run_trial
+    from chronosweep.trial.run import plan, refuse_finished, run_trial
 
     cfg = load_config(args.config, args.overrides)
     if args.check:
+        from chronosweep.data.hygiene import describe
+
         _, info, edits = plan(cfg)
         print(f"config ok: method {cfg.method} on {info.name} ({info.num_layers} layers), "
-              f"{len(edits.requests)} edits from {edits.name}, {len(edits.locality)} locality probes")
+              f"{describe(edits)}, {len(edits.locality)} locality probes")
         return 0
-    if not args.force:
-        prepare_run_dir(args.out, force=False)  # fail before loading anything if the run exists
+    refuse_finished(args.out, args.force)  # fail before loading anything if the run exists
     metrics = run_trial(cfg, args.out, force=args.force)
     from chronosweep.evaluation import metrics as registry
 

@@ -76,3 +76,11 @@ class EditSet:
     # Records that could not form an edit, by reason, so nothing is silently lost.
     skipped: dict[str, int] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
+    # How the edits were chosen from the file (data.hygiene.describe says it on every run): the file's edit count,
+    # the offset and limit applied, duplicates among the chosen edits, and those data.dedupe dropped.
+    total: int | None = None
+    offset: int = 0
+    limit: int | None = None
+    duplicates: int = 0
+    dedupe: bool = False
+    dropped_duplicates: int = 0

@@ -128,12 +128,13 @@ def prepare_models(spec: SweepSpec, progress=print) -> None:
             progress(f"model {name}: {info.path}")
 
 
-def check_data(base_raw: dict) -> None:
+def check_data(base_raw: dict, progress=print) -> None:
     """Read the base trial's edits now: a missing or malformed file fails before Ray starts."""
     from chronosweep.data import load_edits
+    from chronosweep.data.hygiene import describe
     from chronosweep.trial.config import config_from_dict
 
-    load_edits(config_from_dict(base_raw).data)
+    progress(f"data: {describe(load_edits(config_from_dict(base_raw).data))}")
 
 
 @contextlib.contextmanager
@@ -253,7 +254,7 @@ def run_sweep(spec: SweepSpec, opts: SweepOptions, progress=print) -> Summary:
         opts = replace(opts, resume=True)
     check_experiment(experiment, spec, opts.resume)
     base_raw = pin_paths(spec.base_raw)
-    check_data(base_raw)
+    check_data(base_raw, progress)
     prepare_models(spec, progress)
     es = spec.file.early_stopping
     plan = TrialPlan(base_raw=base_raw, space=spec.space, objective=spec.objective, resources=spec.resources,

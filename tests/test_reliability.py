@@ -343,3 +343,34 @@ def test_sweep_driver_killed_three_times_then_resumed_loses_and_redoes_nothing(t
         lines = [json.loads(line) for line in (experiment / t / "result.json").read_text().splitlines() if line]
         assert [r["epoch"] for r in lines] == [1, 2, 3, 3]
         assert [r["objective"] == r["objective"] for r in lines] == [False, False, False, True]
+
+
+def _one_float(trial):
+    trial.suggest_float("x", 0.0, 1.0)
+
+
+def test_resume_tells_optuna_a_finished_trial_and_frees_its_concurrency_slot(tmp_path):
+    """The Optuna half of sweep.resume (the grid half runs in the test above): the chain runner._search builds,
+    saved by Tune with a trial still live, is told the trial completed, through Tune's own save and restore."""
+    import optuna
+    from ray.tune.search import ConcurrencyLimiter, SearchGenerator
+    from ray.tune.search.optuna import OptunaSearch
+
+    from chronosweep.sweep.resume import _tell_searcher
+    from chronosweep.sweep.storage import Location
+
+    limiter = ConcurrencyLimiter(OptunaSearch(space=_one_float, metric="objective", mode="max",
+                                              sampler=optuna.samplers.RandomSampler(seed=0)), max_concurrent=1)
+    assert limiter.suggest("t1") is not None and limiter.suggest("t2") is None  # one slot, taken by t1
+    SearchGenerator(limiter).save_to_dir(str(tmp_path), session_str="2026-01-01_00-00-00")
+    folder = Location(str(tmp_path))
+    _tell_searcher(folder, folder.names(), "2026-01-01_00-00-00", {"t1": {"objective": 0.25}}, grid=False)
+    _tell_searcher(folder, folder.names(), "2026-01-01_00-00-00", {"t1": {"objective": 0.25}}, grid=False)  # again
+
+    restored = SearchGenerator(ConcurrencyLimiter(OptunaSearch(), max_concurrent=5))
+    restored.restore_from_dir(str(tmp_path))
+    limiter = restored.searcher
+    assert limiter.max_concurrent == 1 and limiter.live_trials == set()
+    study = limiter.searcher._ot_study
+    assert [(t.state.name, t.value) for t in study.trials] == [("COMPLETE", 0.25)]
+    assert limiter.suggest("t2") is not None  # the slot is free again

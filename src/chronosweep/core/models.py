@@ -249,8 +249,10 @@ def load(info: ModelInfo, device, dtype, revision: str | None = None, trust_remo
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
+    # transformers looks for a PEFT adapter with its own keyword arguments: offline must be said there too.
+    offline = {"local_files_only": True, "adapter_kwargs": {"local_files_only": True}} if info.offline else {}
     model = AutoModelForCausalLM.from_pretrained(
-        info.path, revision=revision, trust_remote_code=trust_remote_code, dtype=dtype, local_files_only=info.offline
+        info.path, revision=revision, trust_remote_code=trust_remote_code, dtype=dtype, **offline
     )
     model.to(device)
     model.eval()

@@ -106,6 +106,7 @@ def test_sweep_names_a_degenerate_trial_and_prints_one_line_for_a_failed_one(fac
                                                                           progress=False))
     assert result.tables.degenerate["trial"].to_list() == [bad["trial"]]
     assert result.tables.methods["trial"].to_list() == [good["trial"]]
+    assert result.tables.pareto["trial"].to_list() == [good["trial"]]  # the broken trial competes with no one
     summary = (tmp_path / "report" / "summary.md").read_text()
     assert "Degenerate trials (1)" in summary and "1 ok, 1 degenerate, 1 failed" in summary
 

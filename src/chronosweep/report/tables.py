@@ -146,8 +146,10 @@ def add_pareto(df: pl.DataFrame, groups: list[str]) -> pl.DataFrame:
     flags = np.zeros(df.height, dtype=bool)
     parts = df.partition_by(groups, maintain_order=True) if groups else [df]
     for part in parts:
+        # Only healthy finished trials compete: a degenerate one must not push a real trial off the front.
+        score = part.select(pl.when(pl.col("status") == "ok").then(pl.col("objective_score")))[:, 0]
         mask = pareto_mask(part[COST].cast(pl.Float64).fill_null(np.nan).to_numpy(),
-                           part["objective_score"].fill_null(np.nan).to_numpy())
+                           score.fill_null(np.nan).to_numpy())
         flags[part["_row"].to_numpy()[mask]] = True
     return df.with_columns(pareto=pl.Series(flags)).drop("_row")
 

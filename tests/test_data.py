@@ -379,3 +379,47 @@ def test_dyknow_structure_problems(tmp_path):
     assert "record countries/Atlantis/King of Atlantis, field 'answers': missing" in text
     assert "record countries/Lemuria, field 'answers': expected a list of strings, got a string" in text
     assert "record countries/Oz, field 'questions.generic': missing" in text
+
+
+# --- duplicates and what the selection kept -------------------------------------------------------------------
+
+def test_duplicate_edits_are_counted_reported_and_dropped_on_request(tmp_path):
+    from chronosweep.data.hygiene import describe
+
+    same = {"subject": "Amazon", "prompt": "The CEO of Amazon is", "target_new": "Andy Jassy"}
+    # Case and spacing do not make an edit new.
+    twin = {**same, "prompt": "The CEO of  amazon is", "target_new": "andy jassy"}
+    other = {"subject": "Apple", "prompt": "The CEO of Apple is", "target_new": "Tim Cook"}
+    path = tmp_path / "dups.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [same] * 4 + [twin, other]))
+    edits = load_edits(DataConfig(name=str(path), limit=None, locality="none"))
+    assert len(edits.requests) == 6 and edits.duplicates == 4 and edits.total == 6
+    assert describe(edits) == (f"6 edits from {path} (0 skipped records), 4 duplicate edit(s) (same prompt and "
+                               "target as an earlier one; data.dedupe: true drops them)")
+    kept = load_edits(DataConfig(name=str(path), limit=None, locality="none", dedupe=True))
+    assert [r.prompt for r in kept.requests] == [same["prompt"], other["prompt"]]
+    assert kept.duplicates == 0 and kept.dropped_duplicates == 4
+    assert describe(kept) == f"2 of 6 edits from {path} (data.dedupe dropped 4 duplicate edit(s); 0 skipped records)"
+    # The limit applies after dedupe: two distinct edits, not the first two copies of one.
+    assert len(load_edits(DataConfig(name=str(path), limit=2, locality="none", dedupe=True)).requests) == 2
+
+
+def test_a_limit_that_cuts_the_file_is_said_on_every_run(data_root, capsys):
+    from chronosweep.cli import main
+    from chronosweep.data.hygiene import describe
+
+    assert describe(load(data_root, "dyknow", limit=20)) == "20 of 111 edits from dyknow (data.limit 20; 19 skipped records)"
+    assert describe(load(data_root, "dyknow")) == "111 edits from dyknow (19 skipped records)"
+    # What `chronosweep edit` prints before it loads the model (here its --check form).
+    assert main(["edit", "--check", "--out", "unused", "--set", f"data.root={data_root}"]) == 0
+    assert "20 of 111 edits from dyknow (data.limit 20; 19 skipped records)" in capsys.readouterr().out
+
+
+def test_dedupe_keeps_every_multihop_case_asked(data_root):
+    full = load(data_root, "mquake-hard")
+    deduped = load(data_root, "mquake-hard", dedupe=True)
+    cases = {r.multihop.case_id for r in full.requests}
+    assert full.duplicates > 0 and deduped.dropped_duplicates > 0
+    # A shared edit is trained once, yet each case keeps an edit that carries its questions.
+    assert {r.multihop.case_id for r in deduped.requests} == cases
+    assert len(deduped.requests) == len(full.requests) - deduped.dropped_duplicates

@@ -179,7 +179,7 @@ def test_second_moments_are_cached_and_correct(llama_dir, tmp_path, monkeypatch)
     assert torch.equal(again[1].mom2, first[1].mom2)
 
     # C is E[k k^T] over the corpus tokens at the down-projection input.
-    tokens = torch.load(first[1].path.parent / "corpus.pt").long()
+    tokens = torch.load(first[1].path.parent / "corpus.pt", weights_only=True).long()
     rows = tokens[: 512].reshape(4, 128)
     keys = []
     handle = down_proj(model, arch, 1).register_forward_pre_hook(lambda m, a: keys.append(a[0].reshape(-1, a[0].shape[-1])))

@@ -25,7 +25,7 @@ def test_launcher_config_passes_rays_schema():
     assert config["available_node_types"][config["head_node_type"]]["resources"] == {"CPU": 0}
     setup = "\n".join(config["setup_commands"])
     assert "pip install -q -e ~/chronosweep" in setup and "chronosweep model fetch" in setup
-    assert any("--dashboard-host=0.0.0.0" in c for c in config["head_start_ray_commands"])
+    assert any("--dashboard-host=127.0.0.1" in c for c in config["head_start_ray_commands"])
 
 
 def test_runtime_env_is_a_valid_ray_runtime_env():

@@ -262,3 +262,10 @@ def test_cli_reports_problems_without_a_traceback_and_checks(tmp_path, capsys, d
     assert main(["sweep", str(path), "--check", "--set", f"base.data.root={data_root}"]) == 0
     assert "sweep ok: 6 trial(s), search grid" in capsys.readouterr().out
     assert main(["sweep", str(path), "--name", "x", "--num-cpus", "2", "--address", "auto"]) == 2
+
+
+def test_an_empty_grid_space_is_an_error_not_one_run_of_the_base():
+    with pytest.raises(ConfigError, match="space: empty; a grid search needs at least one parameter"):
+        sweep({"base": BASE, "space": {}, "search": "grid"})
+    with pytest.raises(ConfigError, match="space: empty"):
+        sweep({"base": BASE, "search": "grid"})

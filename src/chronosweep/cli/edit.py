@@ -31,18 +31,19 @@ def register(sub) -> None:
 
 def cmd_edit(args: argparse.Namespace) -> int:
     from chronosweep.trial.config import load_config
-    from chronosweep.trial.run import plan, prepare_run_dir, run_trial
+    from chronosweep.trial.run import plan, refuse_finished, run_trial
 
     cfg = load_config(args.config, args.overrides)
     if args.check:
+        from chronosweep.data.hygiene import describe
+
         _, info, edits = plan(cfg)
         preset = cfg.applied_preset
         print(f"config ok: method {cfg.method} on {info.name} ({info.num_layers} layers), "
-              f"{len(edits.requests)} edits from {edits.name}, {len(edits.locality)} locality probes, "
+              f"{describe(edits)}, {len(edits.locality)} locality probes, "
               f"protocol {cfg.protocol}, preset {preset['name'] + ' (' + preset['file'] + ')' if preset else 'none'}")
         return 0
-    if not args.force:
-        prepare_run_dir(args.out, force=False)  # fail before loading anything if the run exists
+    refuse_finished(args.out, args.force)  # fail before loading anything if the run exists
     metrics = run_trial(cfg, args.out, force=args.force)
     from chronosweep.evaluation import metrics as registry
 
@@ -58,6 +59,9 @@ def cmd_edit(args: argparse.Namespace) -> int:
             shown = f"{v:.3f}" if isinstance(v, float) else str(v)
             print(f"  {k:<{width}}  {shown}" + (f"   (pre-edit {pre:.3f})" if isinstance(pre, float) else ""))
     out = Path(args.out).resolve()
+    if metrics.get("status") == "degenerate":
+        # The run finished and its numbers are real, but they measure a model the edit broke.
+        print(f"\nstatus: DEGENERATE ({metrics.get('degenerate_reason')}); a sweep or report never ranks it")
     print(f"\nmetrics:     {out / 'metrics.json'}\npredictions: {out / 'predictions.jsonl'}")
     return 0
 

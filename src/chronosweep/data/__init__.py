@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from chronosweep.core.requests import EditRequest, EditSet, LocalityProbe
-from chronosweep.data import dyknow, easyedit, jsonl, knowedit, known, mquake, mquake_remastered
+from chronosweep.data import dyknow, easyedit, hygiene, jsonl, knowedit, known, mquake, mquake_remastered
 from chronosweep.data.catalog import BUNDLED, KNOWN_1000
 from chronosweep.data.config import DataConfig
 from chronosweep.data.errors import DataError, type_name
@@ -138,14 +138,19 @@ def load_edits(cfg: DataConfig, progress=None) -> EditSet:
     if total == 0:
         skipped = ", ".join(f"{k}: {v}" for k, v in parsed.skipped.items()) or "none"
         raise DataError(f"{path}: no edits in the file (layout {layout}; skipped records: {skipped})")
-    requests = select(parsed.requests, cfg.offset, cfg.limit)
+    pool, dropped = parsed.requests, 0
+    if cfg.dedupe:
+        deduped = hygiene.dedupe(pool)
+        pool, dropped = deduped.requests, deduped.dropped
+    requests = select(pool, cfg.offset, cfg.limit)
     if not requests:
-        raise DataError(f"{path}: no edits left after data.offset={cfg.offset} (the file has {total} edits "
-                        f"in {len(_units(parsed.requests))} units)")
+        raise DataError(f"{path}: no edits left after data.offset={cfg.offset} (the file has {len(pool)} edits "
+                        f"in {len(_units(pool))} units)")
     requests = untouched_neighbours(requests)
     locality = _locality(cfg, requests, str(path), files, progress)
     return EditSet(name=cfg.name, requests=requests, locality=locality, skipped=dict(parsed.skipped), files=files,
-                   unused=dict(parsed.unused))
+                   unused=dict(parsed.unused), total=total, offset=cfg.offset, limit=cfg.limit,
+                   duplicates=len(hygiene.duplicates(requests)), dedupe=cfg.dedupe, dropped_duplicates=dropped)
 
 
 def untouched_neighbours(requests: list[EditRequest]) -> list[EditRequest]:

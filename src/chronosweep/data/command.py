@@ -21,6 +21,8 @@ def register(subparsers) -> None:
     p.add_argument("--locality", choices=("known_1000", "dataset", "none"), default="known_1000",
                    help="where locality probes come from (data.locality)")
     p.add_argument("--locality-limit", type=int, default=50, help="at most this many locality probes")
+    p.add_argument("--dedupe", action="store_true", help="drop edits repeating an earlier one's prompt and target "
+                   "(data.dedupe)")
     p.add_argument("--export", metavar="FILE.jsonl", help="also write the selected edits in chronosweep's JSONL format")
     p.set_defaults(func=run)
 
@@ -32,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     problems: list[str] = []
     raw = {"name": args.dataset, "path": args.path, "root": args.root, "limit": args.limit, "offset": args.offset,
-           "locality": args.locality, "locality_limit": args.locality_limit}
+           "locality": args.locality, "locality_limit": args.locality_limit, "dedupe": args.dedupe}
     cfg = build(DataConfig, raw, "data", problems)
     if problems:
         raise ConfigError(problems)
@@ -51,8 +53,11 @@ def summarize(edits, cfg) -> str:
     for r in reqs:
         by_relation.setdefault(r.relation or "(none)", Counter())[r.kind] += 1
     cases = {m.case_id: m for r in reqs for m in r.multihop_cases}
+    from chronosweep.data.hygiene import describe
+
     lines = [
         f"dataset {edits.name}: {', '.join(edits.files[:1])}",
+        describe(edits),
         f"edits: {len(reqs)} (modification {kinds['modification']}, injection {kinds['injection']}; "
         f"offset {cfg.offset}, limit {cfg.limit if cfg.limit is not None else 'all'})",
         f"paraphrases: {sum(len(r.paraphrases) for r in reqs)}",

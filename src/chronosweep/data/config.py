@@ -22,6 +22,8 @@ class DataConfig:
     # Where locality probes come from: time-invariant known_1000 facts, the dataset's own probes, or none.
     locality: Literal["known_1000", "dataset", "none"] = "known_1000"
     locality_limit: int = 50
+    # Drop edits whose prompt and target repeat an earlier edit's (they are counted and reported either way).
+    dedupe: bool = False
 
     def check(self, where: str, problems: list[str]) -> None:
         if self.limit is not None and self.limit < 1:

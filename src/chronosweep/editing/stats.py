@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import os
 import re
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,7 @@ def stats_dir(cache_dir: Path, fingerprint: str, corpus: str, samples: int) -> P
 
 
 def _atomic_save(obj, path: Path) -> None:
+    """Write beside the target, then rename: a reader sees the old file, no file, or the whole new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     os.close(fd)
@@ -75,6 +77,27 @@ def _atomic_save(obj, path: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _drop_stale_temps(path: Path) -> None:
+    """Remove what a writer killed mid-save left beside path; call only while holding path's lock."""
+    for tmp in path.parent.glob(f"{path.name}*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def _read(path: Path):
+    """A cached tensor file, or None when it cannot be read (it is then computed again).
+
+    weights_only: these files are plain tensors and dicts; nothing in the cache is ever unpickled as code.
+    """
+    try:
+        return torch.load(path, weights_only=True)
+    except FileNotFoundError:
+        return None
+    except Exception as err:  # noqa: BLE001 - a truncated or foreign file raises many kinds
+        print(f"chronosweep: ignoring unreadable cache file {path} ({type(err).__name__}: {err}); recomputing it",
+              file=sys.stderr)
+        return None
 
 
 # ---------------------------------------------------------------- corpora as token streams
@@ -164,8 +187,10 @@ def corpus_tokens(model, tokenizer, corpus: str, samples: int, folder: Path, dev
     """The corpus as one token stream, built once per (model, corpus, size) and cached beside the statistics."""
     path = folder / "corpus.pt"
     with _file_lock(folder / "corpus.lock"):
-        if path.exists():
-            return torch.load(path)
+        _drop_stale_temps(path)
+        tokens = _read(path)
+        if isinstance(tokens, torch.Tensor) and tokens.ndim == 1 and len(tokens):
+            return tokens
         if corpus == "model":
             tokens = _sample_from_model(model, tokenizer, samples, device)
         elif corpus.startswith("hf:"):
@@ -227,24 +252,31 @@ def second_moments(model, tokenizer, arch: Arch, layers: list[int], *, corpus: s
     paths = {layer: folder / f"layer{layer:03d}.pt" for layer in sorted(set(layers))}
     out: dict[int, LayerStats] = {}
 
-    def load(layer: int, cached: bool) -> LayerStats:
-        blob = torch.load(paths[layer])
-        return LayerStats(mom2=blob["mom2"], count=int(blob["count"]), cached=cached, path=paths[layer])
+    def load(layer: int) -> LayerStats | None:
+        blob = _read(paths[layer])
+        if not (isinstance(blob, dict) and isinstance(blob.get("mom2"), torch.Tensor) and blob["mom2"].ndim == 2
+                and blob["mom2"].shape[0] == blob["mom2"].shape[1] and isinstance(blob.get("count"), int)):
+            return None
+        return LayerStats(mom2=blob["mom2"], count=blob["count"], cached=True, path=paths[layer])
 
-    missing = [layer for layer, path in paths.items() if not path.exists()]
     for layer in paths:
-        if layer not in missing:
-            out[layer] = load(layer, True)
+        if paths[layer].exists() and (stats := load(layer)) is not None:
+            out[layer] = stats
+    missing = [layer for layer in paths if layer not in out]
     if not missing:
         return out
     with contextlib.ExitStack() as stack:
         # Locks in layer order, so two trials wanting overlapping layers cannot deadlock.
         for layer in missing:
             stack.enter_context(_file_lock(folder / f"layer{layer:03d}.lock"))
-        still = [layer for layer in missing if not paths[layer].exists()]
+        still = []
         for layer in missing:
-            if layer not in still:
-                out[layer] = load(layer, True)
+            _drop_stale_temps(paths[layer])
+            stats = load(layer) if paths[layer].exists() else None
+            if stats is None:
+                still.append(layer)
+            else:
+                out[layer] = stats
         if still:
             tokens = corpus_tokens(model, tokenizer, corpus, samples, folder, device)
             moments = _accumulate(model, arch, still, tokens, device,

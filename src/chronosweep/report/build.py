@@ -28,6 +28,8 @@ from chronosweep.report.tables import (
 )
 
 FORMATS = ("md", "csv", "json")
+# How the report counts trials; "degenerate" is shown only when there are some.
+STATUSES = ("ok", "degenerate", "failed", "running", "invalid")
 
 
 @dataclass
@@ -222,7 +224,7 @@ def summary_blocks(df: pl.DataFrame, tables: Tables, options: ReportOptions, exp
         r.Heading(1, "chronosweep report"),
         r.Bullets([
             f"Experiments: {', '.join(experiments)}",
-            "Trials: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("ok", "failed", "running", "invalid")),
+            "Trials: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES if s in counts or s != "degenerate"),
             f"Objective: {objective.describe()} (the same value the sweep computes; a trial lacking a term has the "
             "terms it has scaled to the full weight)",
             f"Intervals ({level}, from each trial's predictions.jsonl, n = units): Wilson score intervals for shares "
@@ -256,7 +258,7 @@ def summary_blocks(df: pl.DataFrame, tables: Tables, options: ReportOptions, exp
         blocks.append(r.Para("A cell is one layer window of one method; when several trials share a window the cell "
                              "shows the one with the best objective (`trials` counts them). Each headline metric's "
                              "best window is compared with the runner-up window on the same units."))
-        blocks.append(r.Bullets(window_bullets(tables, objective)))
+        blocks.append(r.Bullets(window_bullets(tables, objective) + tables.no_best_window))
         blocks.append(r.table(tables.windows.drop("run_dir"), ci_metrics=INTERVAL_METRICS))
         blocks += [r.Image(path, f"{key[2]} by window") for key, path in plots.items() if key[0] == "window"]
 
@@ -280,6 +282,11 @@ def summary_blocks(df: pl.DataFrame, tables: Tables, options: ReportOptions, exp
     ]
     blocks += [r.Image(path, "cost against quality") for key, path in plots.items() if key[0] == "cost"]
     blocks += [r.Heading(2, f"Failed trials ({tables.failures.height})"), r.table(tables.failures)]
+    blocks += [r.Heading(2, f"Degenerate trials ({tables.degenerate.height})"),
+               r.Para("Finished, but the edit broke the model (training loss rose, or the outputs collapsed to empty "
+                      "or identical strings; thresholds in chronosweep/trial/health.py). Their numbers are in "
+                      "trials.parquet; no table above ranks them."),
+               r.table(tables.degenerate)]
     blocks += [r.Heading(2, f"Running or incomplete trials ({tables.running.height})"),
                r.Para("No metrics.json and no error.txt yet: still running, or stopped without a trace."),
                r.table(tables.running)]

@@ -57,7 +57,7 @@ def sweep_objective(experiments: list[Path]):
 
 def cmd_report(args: argparse.Namespace) -> int:
     from chronosweep.report import DEFAULT_OBJECTIVE
-    from chronosweep.report.build import ReportOptions, make_report
+    from chronosweep.report.build import STATUSES, ReportOptions, make_report
     from chronosweep.report.stats import Bootstrap
 
     objective = args.objective
@@ -73,11 +73,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     result = make_report(args.experiments, args.out, options)
     counts = dict(result.trials.group_by("status").len().iter_rows())
     print(f"{result.trials.height} trials: " + ", ".join(f"{counts.get(s, 0)} {s}"
-                                                          for s in ("ok", "failed", "running", "invalid")))
-    for row in result.tables.best.iter_rows(named=True):
+                                                          for s in STATUSES if s in counts or s != "degenerate"))
+    for row in result.tables.methods.iter_rows(named=True):
         where = ", ".join(f"{c}={row[c]}" for c in result.tables.key)
+        if str(row.get("basis") or "").startswith("no best"):
+            print(f"  {where}: {row['basis']}")
+            continue
         verdict = f"; {row['verdict']}" if row.get("verdict") else ""
         print(f"  best {where}: objective {row['objective']:.4f} ({row['trial']}{verdict})".replace("**", ""))
+    for line in result.tables.no_best_window:
+        print(f"  {line}")
     for warning in result.tables.warnings:
         print(f"  warning: {warning}")
     print(f"report: {Path(args.out).resolve() / 'summary.md'}")

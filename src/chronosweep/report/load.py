@@ -6,8 +6,9 @@ Two layouts are read, and may be mixed:
 - any folder holding chronosweep run dirs (``metrics.json``, ``error.txt`` or ``config.yaml``) at any depth,
   such as the outputs of ``chronosweep edit``.
 
-A run dir with ``metrics.json`` finished (status ``ok``); with ``error.txt`` it failed; with neither it is still
-running or was killed (``running``). A run dir whose files cannot be read as the contract in docs/run-dir.md says
+A run dir with ``metrics.json`` finished (status ``ok``, or ``degenerate`` when run_trial found the edit broke the
+model: listed with its reason, never ranked); with ``error.txt`` it failed; with neither it is still running or was
+killed (``running``). A run dir whose files cannot be read as the contract in docs/run-dir.md says
 is ``invalid``: it is listed with the file and field at fault and kept out of every number.
 """
 
@@ -203,7 +204,12 @@ def read_trial(t: TrialDir) -> tuple[dict, list[str], list[str]]:
             row.update(status="invalid", error=problem, error_file=str(metrics_path))
         else:
             metrics = loaded
-            row["status"] = "ok"
+            # run_trial's verdict on the edit itself (trial/health.py): a degenerate trial is shown, never ranked.
+            degenerate = loaded.get("status") == "degenerate"
+            row["status"] = "degenerate" if degenerate else "ok"
+            if degenerate:
+                row["error"] = loaded.get("degenerate_reason") or "degenerate edit"
+                row["error_file"] = str(metrics_path)
             if isinstance(metrics.get("config"), dict):
                 config = metrics["config"]
     else:
@@ -241,7 +247,7 @@ def read_trial(t: TrialDir) -> tuple[dict, list[str], list[str]]:
         elif key not in flat_metrics:
             row[key] = value
     row.update(flat_metrics)
-    if row["status"] == "ok" and not isinstance(row.get("method"), str):
+    if row["status"] in ("ok", "degenerate") and not isinstance(row.get("method"), str):
         row.update(status="invalid", error=f"{metrics_path}: no 'method' string in metrics.json or its config",
                    error_file=str(metrics_path))
     return row, list(flat_config), list(flat_metrics)

@@ -45,12 +45,16 @@ class Tables:
     warnings: list[str] = field(default_factory=list)
     # Notes on the cost table (rows measured under different concurrency...).
     cost_notes: list[str] = field(default_factory=list)
+    # Trials that finished with a broken model (trial/health.py): listed with the reason, in no other table.
+    degenerate: pl.DataFrame = field(default_factory=pl.DataFrame)
+    # "<metric>: ..." where no window scored above 0, so none is named best.
+    no_best_window: list[str] = field(default_factory=list)
 
     def named(self) -> dict[str, pl.DataFrame]:
         """Tables under the file names they are written with (--format csv/json)."""
         return {"best": self.best, "methods": self.methods, "windows": self.windows,
                 "best_windows": self.best_windows, "cost": self.cost, "pareto": self.pareto,
-                "failures": self.failures, "running": self.running}
+                "failures": self.failures, "running": self.running, "degenerate": self.degenerate}
 
 
 # --- derived columns ----------------------------------------------------------------------------------------------
@@ -181,8 +185,10 @@ def add_pareto(df: pl.DataFrame, groups: list[str]) -> pl.DataFrame:
     flags = np.zeros(df.height, dtype=bool)
     parts = df.partition_by(groups, maintain_order=True) if groups else [df]
     for part in parts:
+        # Only healthy finished trials compete: a degenerate one must not push a real trial off the front.
+        score = part.select(pl.when(pl.col("status") == "ok").then(pl.col("objective_score")))[:, 0]
         mask = pareto_mask(part[COST].cast(pl.Float64).fill_null(np.nan).to_numpy(),
-                           part["objective_score"].fill_null(np.nan).to_numpy())
+                           score.fill_null(np.nan).to_numpy())
         flags[part["_row"].to_numpy()[mask]] = True
     return df.with_columns(pareto=pl.Series(flags)).drop("_row")
 
@@ -266,9 +272,10 @@ def _best_with_verdicts(ranked: pl.DataFrame, key: list[str], who: list[str], ob
 
 
 def _best_windows(windows: pl.DataFrame, key: list[str], who: list[str], objective: Objective, units: UnitMap,
-                  boot: Bootstrap) -> pl.DataFrame:
-    """Per key group and headline metric: the best window, its runner-up, and whether the two are separated."""
-    out = []
+                  boot: Bootstrap) -> tuple[pl.DataFrame, list[str]]:
+    """Per key group and headline metric: the best window, its runner-up, and whether the two are separated; and
+    a line for each group where no window scored above 0 on a higher-is-better metric (none is named best)."""
+    out, nothing = [], []
     single = list(objective.terms()) if len(objective.terms()) == 1 else []
     for metric in HEADLINE_WINDOW_METRICS:
         if metric not in windows.columns or (metric == "objective" and single):
@@ -283,6 +290,11 @@ def _best_windows(windows: pl.DataFrame, key: list[str], who: list[str], objecti
                          descending=[not lower, not lower, False, False], nulls_last=True)
         for part in cand.partition_by(key, maintain_order=True):
             best = part.row(0, named=True)
+            if not lower and best[metric] <= 0:
+                where = ", ".join(f"{c}={best[c]}" for c in key)
+                nothing.append(f"{where}: no window scored above 0 on {metric} ({part.height} window"
+                               f"{'s' if part.height > 1 else ''} at 0): none is named best")
+                continue
             ties = int((part[metric] == best[metric]).sum()) - 1
             if part.height == 1:
                 v, second = Verdict(None, None, alone=True), None
@@ -299,8 +311,8 @@ def _best_windows(windows: pl.DataFrame, key: list[str], who: list[str], objecti
                         **{c: best[c] for c in who}, "trials": best["trials"], "run_dir": best["run_dir"],
                         **_verdict_row(v, second[metric] if second else None, what)})
     if not out:
-        return pl.DataFrame(schema={**{k: windows.schema[k] for k in key}, "metric": pl.String, "window": pl.String})
-    return pl.from_dicts(out, infer_schema_length=None).sort(key, nulls_last=True, maintain_order=True)
+        return pl.DataFrame(schema={**{k: windows.schema[k] for k in key}, "metric": pl.String, "window": pl.String}), nothing
+    return pl.from_dicts(out, infer_schema_length=None).sort(key, nulls_last=True, maintain_order=True), nothing
 
 
 def concurrency_notes(ok: pl.DataFrame, groups: list[str]) -> list[str]:
@@ -339,9 +351,14 @@ def build_tables(df: pl.DataFrame, by: list[str], config_cols: list[str], object
     who = ["experiment", "trial"] if df["experiment"].n_unique() > 1 and "experiment" not in groups else ["trial"]
     best = ranked.group_by(key, maintain_order=True).first().join(counts, on=key, how="left", nulls_equal=True)
     best = best.join(_best_with_verdicts(ranked, key, who, objective, units, boot), on="run_dir", how="left")
+    # A method whose trials all tie at objective 0 learnt nothing anywhere: its first trial is shown, not called best.
+    zero_ties = ranked.filter(pl.col("objective_score") == 0).group_by(key).agg(pl.len().alias("_zeros"))
+    best = best.join(zero_ties, on=key, how="left", nulls_equal=True)
     best = best.sort(key, nulls_last=True).with_columns(
-        basis=pl.when(pl.col("trials") > 1).then(pl.format("best of {} trials", pl.col("trials")))
-        .otherwise(pl.lit("only trial")))
+        basis=pl.when((pl.col("objective_score") == 0) & (pl.col("_zeros") > 1))
+        .then(pl.format("no best: {} trials tie at objective 0", pl.col("_zeros")))
+        .when(pl.col("trials") > 1).then(pl.format("best of {} trials", pl.col("trials")))
+        .otherwise(pl.lit("only trial"))).drop("_zeros")
 
     terms = [t for t in objective.terms() if t in ok.columns]
     shown = _present(ok, [*UNIT_METRICS, *(t for t in terms if t in INTERVAL_METRICS)])
@@ -362,7 +379,7 @@ def build_tables(df: pl.DataFrame, by: list[str], config_cols: list[str], object
                .join(cell_counts, on=cell, how="left", nulls_equal=True)
                .sort(key + ["window_width", "window_start", "window"], nulls_last=True))
     window_metrics = _present(in_window, [*(t for t in terms if t in INTERVAL_METRICS), *WINDOW_METRICS])
-    best_windows = _best_windows(windows, key, who, objective, units, boot)
+    best_windows, no_best_window = _best_windows(windows, key, who, objective, units, boot)
     windows = _select(windows, cell + ["trials", *who, "objective", *_ci_columns(window_metrics), *plain_terms,
                                        "run_dir"])
 
@@ -376,6 +393,10 @@ def build_tables(df: pl.DataFrame, by: list[str], config_cols: list[str], object
                                       if c not in groups])
     running_cols = [c for c in ("experiment", "trial", "tune.iteration", "run_dir") if c not in groups]
     running = _select(df.filter(pl.col("status") == "running"), groups + running_cols)
+    degenerate = _select(df.filter(pl.col("status") == "degenerate").sort("experiment", "trial"),
+                         groups + [c for c in ("experiment", "trial", "method", "objective", "error", "error_file")
+                                   if c not in groups]).rename({"error": "reason"})
     return Tables(key=key, groups=groups, best=_select(best, best_cols), methods=_select(best, methods_cols),
                   windows=windows, best_windows=best_windows, cost=_select(best, cost_cols), pareto=pareto,
-                  failures=failures, running=running, cost_notes=concurrency_notes(ok, groups))
+                  failures=failures, running=running, cost_notes=concurrency_notes(ok, groups), degenerate=degenerate,
+                  no_best_window=no_best_window)

@@ -1,8 +1,17 @@
-"""One progress bar for the sweep and one line per finished trial, instead of Tune's per-trial result dumps."""
+"""One progress bar for the sweep and one line per finished trial, instead of Tune's per-trial result dumps.
+
+A failed trial is one line too: the trial, its values, the exception's class and message and the run dir's
+error.txt, which holds the full traceback (as does the trial's own stderr). Tune's console output for the same
+event (its traceback, "errored after ... Error file: <Ray's temp folder>", "Trials did not complete") is off
+while the sweep runs (``quiet_tune``).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
+import os
 
 from ray.tune import Callback
 from tqdm.auto import tqdm
@@ -45,8 +54,11 @@ class TrialProgress(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         bar = self._ensure_bar(trials)
-        objective = (trial.last_result or {}).get("objective")
-        if isinstance(objective, (int, float)) and math.isfinite(objective):
+        result = trial.last_result or {}
+        objective = result.get("objective")
+        if result.get("status") == "degenerate":
+            state = f"DEGENERATE (never ranked): {result.get('degenerate_reason')}"
+        elif isinstance(objective, (int, float)) and math.isfinite(objective):
             better = self._best is None or (objective > self._best if self.mode == "max" else objective < self._best)
             self._best = objective if better else self._best
             state = f"ok  objective={objective:.4f}"
@@ -59,13 +71,59 @@ class TrialProgress(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         bar = self._ensure_bar(trials)
-        # run_trial's error.txt opens with the exception; Tune's own error file ends with it.
-        run_error = trial_run_dir(self.experiment, str(trial)).child("error.txt").read_text()
-        lines = run_error.splitlines()[:1] if run_error else str(trial.get_error() or "").splitlines()[-1:]
-        bar.write(f"{trial} FAILED  {self._values(trial)}: {lines[0].strip() if lines else 'see its error.txt'}")
+        bar.write(failure_line(trial, self._values(trial), self.experiment))
         bar.update(1)
 
     def on_experiment_end(self, trials, **info):
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+def failure_line(trial, values: str, experiment: str) -> str:
+    """'<trial> FAILED <values>: <Class>: <message>  (traceback: <run dir>/error.txt)', one line."""
+    error_file = trial_run_dir(experiment, str(trial)).child("error.txt")
+    text = error_file.read_text()
+    if text:
+        # run_trial's error.txt opens with "Class: message", then a blank line and the traceback.
+        head = text.strip().split("\n\n", 1)[0]
+        where = error_file.uri
+    else:
+        # The trial failed before run_trial wrote anything (it could not start): Tune's error ends with the exception.
+        lines = [line.strip() for line in str(trial.get_error() or "").splitlines() if line.strip()]
+        head = lines[-1] if lines else "unknown error"
+        where = trial_run_dir(experiment, str(trial)).uri.rsplit("/", 1)[0] + "/error.txt"
+    message = " ".join(part.strip() for part in head.splitlines() if part.strip())
+    if len(message) > 300:
+        message = message[:297] + "..."
+    return f"{trial} FAILED  {values}: {message}  (traceback: {where})"
+
+
+class _DropTrialErrors(logging.Filter):
+    """Tune's own report of a failed trial: a traceback per trial, then a list of the trials that failed."""
+
+    PREFIXES = ("Trial task failed", "Trials did not complete")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.PREFIXES)
+
+
+@contextlib.contextmanager
+def quiet_tune():
+    """While a sweep runs: no Tune trial-error dumps and no Tune experiment banner (its new output engine prints
+    both whatever the verbosity). Only this process's settings change, and only until the block ends."""
+    loggers = [logging.getLogger(n) for n in ("ray.tune.execution.tune_controller", "ray.tune.tune")]
+    drop = _DropTrialErrors()
+    for lg in loggers:
+        lg.addFilter(drop)
+    key, before = "RAY_AIR_NEW_OUTPUT", os.environ.get("RAY_AIR_NEW_OUTPUT")
+    os.environ[key] = "0"
+    try:
+        yield
+    finally:
+        for lg in loggers:
+            lg.removeFilter(drop)
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before

@@ -50,7 +50,8 @@ def _error_line(result, run: Location) -> str | None:
 def status_of(result, early_stopping: bool) -> str:
     metrics = result.metrics or {}
     if _finite(metrics.get("objective")):
-        return "ok"
+        # run_trial's own verdict (trial/health.py): a degenerate edit has an objective but is never ranked.
+        return "degenerate" if metrics.get("status") == "degenerate" else "ok"
     if result.error is not None:
         return "failed"
     if not metrics.get("training_iteration"):
@@ -67,6 +68,8 @@ class Summary:
     mode: str
     best_trial: str | None
     best_config: dict | None
+    # Why there is no best trial although some finished (a tie at 0).
+    no_best: str | None = None
 
     @property
     def counts(self) -> dict[str, int]:
@@ -80,8 +83,15 @@ class Summary:
             print(self.frame.select(shown), file=file)
         counts = ", ".join(f"{n} {s}" for s, n in sorted(self.counts.items()))
         print(f"\n{self.frame.height} trials: {counts}", file=file)
+        degenerate = self.frame.filter(pl.col("status") == "degenerate")
+        for row in degenerate.iter_rows(named=True):
+            print(f"{row['trial']} is degenerate, never ranked: {row.get('degenerate_reason')}", file=file)
+        if self.best_trial is None and self.no_best:
+            print(self.no_best, file=file)
+            return
         if self.best_trial is None:
-            print("no trial finished with an objective", file=file)
+            print("no trial finished with an objective" + (" and a healthy edit" if degenerate.height else ""),
+                  file=file)
             return
         row = self.frame.filter(pl.col("trial") == self.best_trial).row(0, named=True)
         values = ", ".join(f"{k}={row[k]}" for k in self.param_columns if row.get(k) is not None)
@@ -109,7 +119,7 @@ def summarize(grid, spec, experiment: Location) -> Summary:
         status = status_of(result, spec.file.early_stopping is not None)
         row = {"trial": trial, "status": status}
         row.update({k: _cell(values.get(k)) for k in params})
-        row["objective"] = metrics.get("objective") if status == "ok" else None
+        row["objective"] = metrics.get("objective") if status in ("ok", "degenerate") else None
         for key, value in metrics.items():
             if key in _TUNE_KEYS or key == "objective":
                 continue
@@ -124,10 +134,15 @@ def summarize(grid, spec, experiment: Location) -> Summary:
         {"trial": [], "status": [], "objective": [], "error": [], "run_dir": []})
     frame = frame.sort("trial")
     ok = frame.filter(pl.col("status") == "ok")
-    best_trial = best_config = None
+    best_trial = best_config = no_best = None
     if ok.height:
         best = ok.sort("objective", descending=spec.objective.mode == "max").row(0, named=True)
         best_trial = best["trial"]
+        tied = ok.filter(pl.col("objective") == best["objective"]).height
+        if best["objective"] == 0 and tied > 1:
+            # Nothing was learnt anywhere: naming one of them best would be an artefact of the sort order.
+            best_trial, no_best = None, f"no best trial: {tied} trials tie at objective 0"
+    if best_trial is not None:
         text = trial_run_dir(experiment.uri, best_trial).child("config.yaml").read_text()
         best_config = yaml.safe_load(text) if text else None
         if best_config is not None:
@@ -138,4 +153,4 @@ def summarize(grid, spec, experiment: Location) -> Summary:
              *dict.fromkeys(extra), "error"]
     return Summary(frame=frame, param_columns=[p for p in params if p in frame.columns],
                    shown=[c for c in dict.fromkeys(shown) if c in frame.columns], mode=spec.objective.mode,
-                   best_trial=best_trial, best_config=best_config)
+                   best_trial=best_trial, best_config=best_config, no_best=no_best)

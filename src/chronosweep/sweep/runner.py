@@ -19,6 +19,7 @@ import yaml
 
 from chronosweep.core.errors import UserError
 from chronosweep.sweep.results import Summary, summarize
+from chronosweep.sweep.resume import CHECKPOINT_PERIOD_S, reconcile
 from chronosweep.sweep.spec import SAMPLERS, SweepSpec
 from chronosweep.sweep.storage import Location, is_remote, join, normalize
 from chronosweep.sweep.trainable import TrialPlan, run_point
@@ -127,12 +128,13 @@ def prepare_models(spec: SweepSpec, progress=print) -> None:
             progress(f"model {name}: {info.path}")
 
 
-def check_data(base_raw: dict) -> None:
+def check_data(base_raw: dict, progress=print) -> None:
     """Read the base trial's edits now: a missing or malformed file fails before Ray starts."""
     from chronosweep.data import load_edits
+    from chronosweep.data.hygiene import describe
     from chronosweep.trial.config import config_from_dict
 
-    load_edits(config_from_dict(base_raw).data)
+    progress(f"data: {describe(load_edits(config_from_dict(base_raw).data))}")
 
 
 @contextlib.contextmanager
@@ -155,23 +157,40 @@ def connected(address: str | None, num_cpus: int | None):
         ray.shutdown()
 
 
+@contextlib.contextmanager
+def _checkpoint_period():
+    """Tune saves its experiment state at most every 10 s by default; a sweep's resume needs it fresher."""
+    key = "TUNE_GLOBAL_CHECKPOINT_S"
+    if key in os.environ:
+        yield
+        return
+    os.environ[key] = CHECKPOINT_PERIOD_S
+    try:
+        yield
+    finally:
+        os.environ.pop(key, None)
+
+
 def _trial_name(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def _search(spec: SweepSpec):
+def _search(spec: SweepSpec, limit: int | None):
+    """(search algorithm, param_space, max_concurrent_trials for TuneConfig)."""
     from ray import tune
 
     if spec.file.search == "grid":
-        return None, {"params": tune.grid_search(spec.space.grid())}
+        return None, {"params": tune.grid_search(spec.space.grid())}, limit
     import optuna
+    from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
     sampler_cls = getattr(optuna.samplers, SAMPLERS[spec.file.sampler])
     sampler = sampler_cls(seed=spec.file.seed, **spec.file.sampler_options)
     search = OptunaSearch(space=spec.space.define_by_run, metric="objective", mode=spec.objective.mode,
                           sampler=sampler)
-    return search, {}
+    # Always the same chain (sweep.resume restores and re-saves it): the limiter is ours, not Tune's optional one.
+    return ConcurrencyLimiter(search, max_concurrent=limit or max(1, spec.file.num_samples or 1)), {}, None
 
 
 def _scheduler(spec: SweepSpec):
@@ -185,7 +204,7 @@ def _scheduler(spec: SweepSpec):
                          reduction_factor=es.reduction_factor, max_t=es.max_t, stop_last_trials=False)
 
 
-def build_tuner(spec: SweepSpec, plan: TrialPlan, opts: SweepOptions, experiment: Location):
+def build_tuner(spec: SweepSpec, plan: TrialPlan, opts: SweepOptions, experiment: Location, progress=print):
     import ray
     from ray import tune
 
@@ -194,11 +213,15 @@ def build_tuner(spec: SweepSpec, plan: TrialPlan, opts: SweepOptions, experiment
 
     trainable = tune.with_resources(tune.with_parameters(run_point, plan=plan), plan.resources.trial_request())
     if opts.resume and tune.Tuner.can_restore(experiment.uri):
+        kept = reconcile(experiment, plan, grid=spec.file.search == "grid")
+        if kept:
+            progress(f"{len(kept)} trial(s) had finished after Tune last saved its state; kept as they are: "
+                     f"{', '.join(kept)}")
         return tune.Tuner.restore(experiment.uri, trainable, resume_unfinished=True, resume_errored=False,
                                   restart_errored=opts.retry_failed)
-    search, param_space = _search(spec)
-    scheduler = _scheduler(spec)
     limit = concurrency(plan.resources, ray.cluster_resources(), spec.file.max_concurrent_trials)
+    search, param_space, limit = _search(spec, limit)
+    scheduler = _scheduler(spec)
     tune_config = tune.TuneConfig(
         # An ASHA scheduler brings its own metric (the epoch loss); Tune refuses a second one next to it.
         metric=None if scheduler else "objective",
@@ -231,7 +254,7 @@ def run_sweep(spec: SweepSpec, opts: SweepOptions, progress=print) -> Summary:
         opts = replace(opts, resume=True)
     check_experiment(experiment, spec, opts.resume)
     base_raw = pin_paths(spec.base_raw)
-    check_data(base_raw)
+    check_data(base_raw, progress)
     prepare_models(spec, progress)
     es = spec.file.early_stopping
     plan = TrialPlan(base_raw=base_raw, space=spec.space, objective=spec.objective, resources=spec.resources,
@@ -241,8 +264,10 @@ def run_sweep(spec: SweepSpec, opts: SweepOptions, progress=print) -> Summary:
     progress(f"sweep {opts.name}: {spec.num_trials} trial(s), {spec.file.search}"
              f"{' (' + spec.file.sampler + ')' if spec.file.search == 'optuna' else ''}, objective "
              f"{spec.objective.describe()}; results in {experiment.uri}")
-    with connected(opts.address, opts.num_cpus):
-        tuner = build_tuner(spec, plan, opts, experiment)
+    from chronosweep.sweep.progress import quiet_tune
+
+    with connected(opts.address, opts.num_cpus), _checkpoint_period(), quiet_tune():
+        tuner = build_tuner(spec, plan, opts, experiment, progress)
         grid = tuner.fit()
     summary = summarize(grid, spec, experiment)
     summary.write(experiment)

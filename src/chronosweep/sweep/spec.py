@@ -156,6 +156,9 @@ def parse_sweep(raw: dict, source: str, resolve_model=None) -> SweepSpec:
         if not params:
             problems.append("space: empty; an Optuna search needs at least one parameter")
     else:
+        if not params:
+            problems.append("space: empty; a grid search needs at least one parameter (to run the base config "
+                            "alone, use chronosweep edit)")
         if sweep.num_samples not in (None, 1):
             problems.append("num_samples: a grid runs every combination once; put seed in the space to repeat trials")
         for p in params:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,18 +55,46 @@ class Location:
         fs, path = self._fs()
         return fs.get_file_info(path).type != pafs.FileType.NotFound
 
-    def read_text(self) -> str | None:
+    def read_bytes(self) -> bytes | None:
         fs, path = self._fs()
         if fs.get_file_info(path).type != pafs.FileType.File:
             return None
         with fs.open_input_stream(path) as fh:
-            return fh.read().decode()
+            return fh.read()
 
-    def write_text(self, text: str) -> None:
+    def read_text(self) -> str | None:
+        data = self.read_bytes()
+        return None if data is None else data.decode()
+
+    def write_bytes(self, data: bytes) -> None:
+        """Replace the file whole: readers (and a resume after a kill) see the old content or the new, never part."""
+        local = self.local
+        if local is not None:
+            local.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=local.parent, prefix=f".{local.name}.", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                os.replace(tmp, local)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            return
+        # Object stores publish an upload only when it completes.
         fs, path = self._fs()
         fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         with fs.open_output_stream(path) as fh:
-            fh.write(text.encode())
+            fh.write(data)
+
+    def write_text(self, text: str) -> None:
+        self.write_bytes(text.encode())
+
+    def names(self) -> list[str]:
+        """The names of the entries directly in this folder (empty when it does not exist)."""
+        fs, path = self._fs()
+        if fs.get_file_info(path).type != pafs.FileType.Directory:
+            return []
+        return sorted(info.base_name for info in fs.get_file_info(pafs.FileSelector(path, recursive=False)))
 
     def upload(self, folder: Path) -> None:
         """Copy a local folder's contents here (no-op when this is that folder)."""

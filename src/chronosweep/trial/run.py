@@ -20,6 +20,7 @@ import yaml
 from chronosweep.core.errors import UserError
 from chronosweep.core.typed import ConfigError
 from chronosweep.trial.config import TrialConfig
+from chronosweep.trial.health import assess_run
 
 
 class RunDirExists(UserError):
@@ -35,11 +36,17 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def prepare_run_dir(run_dir: Path, force: bool) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if (run_dir / "metrics.json").exists() and not force:
+def refuse_finished(run_dir: Path, force: bool) -> None:
+    """Fail when run_dir holds a finished run and force is off; creates nothing (a refused run leaves no folder)."""
+    if (Path(run_dir) / "metrics.json").exists() and not force:
         raise RunDirExists(f"{run_dir} already holds a finished run (metrics.json); pass --force to overwrite it")
-    for name in ("metrics.json", "error.txt", "predictions.jsonl", "history.jsonl"):
+
+
+def prepare_run_dir(run_dir: Path, force: bool) -> None:
+    refuse_finished(run_dir, force)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # metrics.json.tmp: what a run killed while writing its metrics left behind.
+    for name in ("metrics.json", "metrics.json.tmp", "error.txt", "predictions.jsonl", "history.jsonl"):
         (run_dir / name).unlink(missing_ok=True)
 
 
@@ -125,6 +132,10 @@ def run_trial(cfg: TrialConfig, run_dir: Path | str, on_epoch: Callable[[int, di
     except BaseException as err:
         (run_dir / "error.txt").write_text(f"{type(err).__name__}: {err}\n\n{traceback.format_exc()}")
         raise
+    # A finished edit can still have broken the model: say so in its status (thresholds in trial/health.py).
+    metrics.update(assess_run(metrics, run_dir))
+    metrics.update(n_file_edits=edits.total, n_duplicate_edits=edits.duplicates,
+                   n_dropped_duplicates=edits.dropped_duplicates)
     metrics.update(started_at=started, finished_at=_now(), total_seconds=time.perf_counter() - t_start)
     tmp = run_dir / "metrics.json.tmp"
     tmp.write_text(json.dumps(metrics, indent=2))
@@ -136,6 +147,7 @@ def _execute(cfg, run_dir, method, info, edits, on_epoch, progress) -> dict:
     import torch
 
     from chronosweep.core.models import cache_dir, load, resolve
+    from chronosweep.data.hygiene import describe
     from chronosweep.editing.base import EditContext
     from chronosweep.evaluation.evaluate import cache_key, load_cached, measure, store_cached
     from chronosweep.evaluation.metrics import SCORING_VERSION
@@ -150,9 +162,8 @@ def _execute(cfg, run_dir, method, info, edits, on_epoch, progress) -> dict:
     if info.fingerprint.endswith("-unfetched"):
         info = resolve(cfg.model, cfg.revision, cfg.trust_remote_code, fetch=True)
     preset = cfg.applied_preset
-    progress(f"{len(edits.requests)} edits from {edits.name} ({sum(edits.skipped.values())} skipped), "
-             f"{len(edits.locality)} locality probes; model {info.name} on {device} ({dtype}); {cfg.method}, "
-             f"protocol {cfg.protocol}, preset {preset['name'] if preset else 'none'}")
+    progress(f"{describe(edits)}, {len(edits.locality)} locality probes; model {info.name} on {device} ({dtype}); "
+             f"{cfg.method}, protocol {cfg.protocol}, preset {preset['name'] if preset else 'none'}")
     t0 = time.perf_counter()
     model, tokenizer = load(info, device, dtype, cfg.revision, cfg.trust_remote_code)
     load_seconds = time.perf_counter() - t0

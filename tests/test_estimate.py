@@ -212,3 +212,43 @@ def test_lengths_come_from_the_tokenizer_when_it_is_local(tiny_model_dir, data_r
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     examples = edit_examples(tok, load_edits(cfg.data).requests, cfg.target_suffix)
     assert lengths.train_max == max(len(e["input_ids"]) for e in examples)
+
+
+@pytest.mark.parametrize("method,section", [
+    ("lora", {"targets": "attn", "rank": 4, "layer_start": 1, "layer_width": 2}),
+    ("lora", {"targets": "both", "rank": 2, "layer_start": None}),
+    ("ptuning", {"num_virtual_tokens": 5, "encoder_hidden_size": 16}),
+    ("ptuning", {"num_virtual_tokens": 3, "encoder_hidden_size": 8, "encoder_type": "lstm", "encoder_num_layers": 2}),
+    ("freeze", {"layer_start": 1, "layer_width": 2, "modules": "all"}),
+    ("full", {"layer_start": 0, "layer_width": 1}),
+])
+def test_trainable_parameters_match_the_methods_on_real_models(method, section, tiny_model_dir, fact_gpt2_dir):
+    """What the estimate counts is what the method's own setup makes trainable (peft or requires_grad)."""
+    from chronosweep.core.models import load, resolve
+
+    for folder in (tiny_model_dir, fact_gpt2_dir):
+        cfg = config_from_dict({"model": str(folder), "method": method, method: section})
+        info = resolve(str(folder))
+        model, _ = load(info, torch.device("cpu"), torch.float32)
+        if method == "lora":
+            from peft import LoraConfig, get_peft_model
+
+            from chronosweep.core.archs import target_modules
+
+            o = cfg.options
+            model = get_peft_model(model, LoraConfig(r=o.rank, lora_alpha=o.alpha, task_type="CAUSAL_LM",
+                                                     target_modules=target_modules(info.model_type, o.targets),
+                                                     layers_to_transform=o.window_layers()))
+        elif method == "ptuning":
+            from peft import get_peft_model
+
+            from chronosweep.editing.methods.ptuning.method import prompt_encoder_config
+
+            model = get_peft_model(model, prompt_encoder_config(cfg.options))
+        else:
+            from chronosweep.editing.methods.finetune.method import set_trainable
+
+            o = cfg.options
+            set_trainable(model, info, o.window_layers(), o.modules if method == "freeze" else "all")
+        actual = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        assert trainable(method, cfg.options, find_shape(str(folder)))["params"] == actual, folder.name

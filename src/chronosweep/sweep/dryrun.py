@@ -265,20 +265,32 @@ def dry_run(spec: SweepSpec, gpu: str | None = None, price: float | None = None,
     shapes = {name: find_shape(name, spec.base_raw.get("revision")) for name in spec.space.infos}
     cal = calibrations(earlier_runs(run_roots or []), shapes, device.kind)
     rows = []
+    stats_done: set = set()
+    if device.kind == "cpu":
+        import psutil
+
+        device.memory = float(psutil.virtual_memory().total)
+        notes.append(f"CPU trials are checked against this machine's memory ({device.memory / GiB:.0f} GiB)")
     for values in values_list:
         cfg = trial_config(spec, values)
         shape = shapes[cfg.model]
         lengths = trial_lengths(cfg, shape)
         est = estimate_trial(cfg, shape, lengths, device, world)
         seconds = dict(est.seconds)
-        source = f"FLOPs at {100 * device.mfu:.0f}% of peak"
+        if "stats" in seconds:
+            # Key statistics are computed by the first trial that needs them and cached for the others (per node).
+            key = (cfg.model, cfg.options.stats_corpus, cfg.options.stats_samples)
+            if key in stats_done:
+                seconds.pop("stats")
+            stats_done.add(key)
+        source = f"estimate ({100 * device.mfu:.0f}% of peak)"
         c = cal.get((cfg.method, cfg.model))
         if c is not None:
             seconds["edit"] *= c.edit
             seconds["eval"] *= c.eval
             source = f"{c.runs} earlier run(s)"
         total_s = sum(seconds.values())
-        capacity = device.memory * (gpus if gpus < 1 else 1.0)
+        capacity = device.memory * (gpus if 0 < gpus < 1 else 1.0)
         per_device = est.memory.total
         row = TrialRow(values=values, cfg=cfg, estimate=est, per_device=per_device, capacity=capacity,
                        fits=per_device <= capacity, seconds=total_s,

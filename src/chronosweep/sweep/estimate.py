@@ -47,8 +47,11 @@ SAMPLE_BATCH = {"cuda": 128, "cpu": 32}
 REDUCE_BUCKET = 500_000_000
 # A CUDA context and the caching allocator's slack, on top of what tensors hold.
 CUDA_OVERHEAD = 600 * 2**20
-# What a CPU core sustains for the fp32 matrix products here, at full use (time estimates for CPU trials).
-CPU_GFLOPS_PER_CORE = 50.0
+# A CPU core's fp32 peak (AVX-512: two 16-wide FMA units at about 2.5 GHz), for time estimates of CPU trials.
+CPU_GFLOPS_PER_CORE = 160.0
+# Fixed cost of one decoder layer in one forward or backward pass (kernel launches, Python), whatever its size:
+# about 1.2 ms on CUDA, from the H200 runs of SmolLM2-135M (docs/benchmarks.md), which it dominates.
+LAYER_PASS_SECONDS = {"cuda": 1.2e-3, "cpu": 2e-4}
 # Reading the weights from disk into memory, and starting a process (imports, CUDA start).
 LOAD_BYTES_PER_S = 1.5e9
 PROCESS_SECONDS = 15.0
@@ -318,8 +321,9 @@ def estimate_trial(cfg, shape: ModelShape, lengths: Lengths, device: Device, wor
     teacher = min(eb, lengths.n_teacher) * (lengths.teacher_max + virtual)
     gen_rows = min(eb, lengths.n_generate)
     kv_cache = 2 * shape.num_layers * shape.kv_dim * e * gen_rows * (lengths.generate_max + virtual + cfg.eval.max_new_tokens)
-    # On CUDA a teacher-forced pass holds an fp32 [tokens, vocab] buffer besides its logits (fitted, as above).
-    logit_bytes = e + (4 if device.kind == "cuda" else 0)
+    # A teacher-forced pass holds two logits-sized buffers on the CPU (measured: VmHWM around the evaluation's
+    # teacher_forced_top_tokens on SmolLM2) and an fp32 one besides its logits on CUDA (fitted, as above).
+    logit_bytes = e + 4 if device.kind == "cuda" else 2 * e
     mem.evaluation = max(teacher * shape.vocab_size * logit_bytes + teacher * shape.intermediate_size * e * 2,
                          kv_cache + gen_rows * shape.vocab_size * 4)
 
@@ -374,55 +378,84 @@ def matmul_params(shape: ModelShape, layers: range | list[int] | None = None) ->
 
 
 def work(cfg, shape: ModelShape, lengths: Lengths, device_kind: str) -> dict[str, float]:
-    """FLOPs of the trial's phases, and the decoding steps whose time is bandwidth-bound: edit, eval, stats."""
+    """What each phase does: FLOPs of matrix work (edit, edit_fp64, eval, stats) and passes, counted in decoder
+    layers a forward or backward pass goes through (edit_layer_passes, eval_layer_passes, stats_layer_passes), each
+    of which reads that layer's weights once and pays a fixed launch cost."""
     method, options = cfg.method, cfg.options
     train = trainable(method, options, shape)
-    out: dict[str, float] = {"edit": 0.0, "eval": 0.0, "stats": 0.0, "decode_steps": 0.0, "stats_decode_steps": 0.0}
+    layers_n = shape.num_layers
+    out: dict[str, float] = {"edit": 0.0, "edit_fp64": 0.0, "eval": 0.0, "stats": 0.0, "edit_layer_passes": 0.0,
+                             "eval_layer_passes": 0.0, "stats_layer_passes": 0.0}
     p_all = matmul_params(shape)
     if method in ("lora", "ptuning", "full", "freeze"):
         virtual = options.num_virtual_tokens if method == "ptuning" else 0
         tokens = options.epochs * lengths.n_edits * (lengths.train_mean + virtual)
-        path = matmul_params(shape, range(train["lowest"], shape.num_layers))
+        path = matmul_params(shape, range(train["lowest"], layers_n))
         out["edit"] = tokens * (2 * p_all + 2 * path + 2 * train["params"])
+        steps = options.epochs * math.ceil(lengths.n_edits / options.batch_size)
+        out["edit_layer_passes"] = steps * (layers_n + (layers_n - train["lowest"]))
     else:
         steps = options.v_num_grad_steps
         n_pref = options.n_prefixes
         length = lengths.locate_max + (options.prefix_tokens + 2 if n_pref else 0)
         row_tokens = lengths.n_edits * ((1 + n_pref) * length + lengths.kl_max)
-        layers = [options.layer] if method == "rome" else list(options.layers)
-        start = options.layer if method == "rome" else max(layers) + 1
-        above = matmul_params(shape, range(start, shape.num_layers))
-        out["edit"] = row_tokens * (steps * 4 * above + 2 * p_all * (1 + len(layers)))
+        edited = [options.layer] if method == "rome" else list(options.layers)
+        start = options.layer if method == "rome" else max(edited) + 1
+        # Each step runs the rows through the layers above the site and back; the head only at the target and KL
+        # positions.
+        above = (layers_n - start) * shape.layer_params()
+        positions = lengths.n_edits * ((1 + n_pref) * lengths.target_mean + 1)
+        head = shape.vocab_size * shape.hidden_size
+        out["edit"] = (steps * (row_tokens * 4 * above + positions * 4 * head)
+                       + row_tokens * 2 * p_all * (1 + len(edited)))
         width = shape.intermediate_size
-        out["edit_fp64"] = len(layers) * (2 / 3) * width**3 * (1 if method == "memit" else lengths.n_edits)
-        # Statistics: the corpus forward up to the deepest layer, and sampling it token by token.
+        out["edit_fp64"] = len(edited) * (2 / 3) * width**3 * (1 if method == "memit" else lengths.n_edits)
+        # Target optimisation: ROME one edit at a time, MEMIT a batch at a time, through the layers above the site
+        # and back; then the key-recording passes; and generating the context prefixes token by token.
+        groups = lengths.n_edits if method == "rome" else math.ceil(lengths.n_edits / options.batch_size)
+        out["edit_layer_passes"] = (groups * steps * 2 * (layers_n - start) + groups * 3 * layers_n
+                                    + len(edited) * groups * layers_n + options.prefix_tokens * layers_n)
+        # Statistics: the corpus forward up to the deepest layer, after sampling it token by token.
         samples = options.stats_samples
-        out["stats"] = samples * 2 * matmul_params(shape, range(0, max(layers) + 1)) + samples * len(layers) * 2 * width**2
+        deepest = max(edited) + 1
+        out["stats"] = samples * 2 * matmul_params(shape, range(0, deepest)) + samples * len(edited) * 2 * width**2
+        rows = STATS_ROWS[device_kind] * STATS_SEQ_LEN
+        out["stats_layer_passes"] = math.ceil(samples / rows) * deepest
         if options.stats_corpus == "model":
-            out["stats_decode_steps"] = math.ceil(samples / STATS_SEQ_LEN / SAMPLE_BATCH[device_kind]) * STATS_SEQ_LEN
-        out["decode_steps"] += (options.n_prefixes * options.prefix_tokens)
+            out["stats"] += samples * 2 * p_all
+            out["stats_layer_passes"] += (math.ceil(samples / STATS_SEQ_LEN / SAMPLE_BATCH[device_kind])
+                                          * STATS_SEQ_LEN * layers_n)
     virtual = options.num_virtual_tokens if method == "ptuning" else 0
     out["eval"] = 2 * p_all * (lengths.n_teacher * (lengths.teacher_max + virtual)
                                + lengths.n_generate * (lengths.generate_max + virtual))
-    batches = math.ceil(lengths.n_generate / cfg.eval.batch_size) if lengths.n_generate else 0
-    out["decode_steps"] += batches * cfg.eval.max_new_tokens
+    eb = cfg.eval.batch_size
+    generate_batches = math.ceil(lengths.n_generate / eb) if lengths.n_generate else 0
+    teacher_batches = math.ceil(lengths.n_teacher / eb) if lengths.n_teacher else 0
+    out["eval_layer_passes"] = (generate_batches * cfg.eval.max_new_tokens + teacher_batches) * layers_n
     return out
+
+
+def _phase_seconds(flops: float, layer_passes: float, shape: ModelShape, device: Device, rate: float,
+                   e: int) -> float:
+    """Matrix work at the sustained rate, or reading each layer's weights per pass, whichever is slower; plus the
+    fixed cost of launching a layer's kernels (what dominates small models)."""
+    layer_bytes = shape.layer_params() * e
+    return max(flops / rate, layer_passes * layer_bytes / device.bandwidth) + layer_passes * LAYER_PASS_SECONDS[device.kind]
 
 
 def _time(cfg, shape, lengths, device: Device, precision: str, train: dict, world: int) -> tuple[dict, dict]:
     w = work(cfg, shape, lengths, device.kind)
+    e = BYTES[precision]
     rate = device_flops(device, precision) * device.mfu
     fp64 = device_flops(device, "fp64") * device.mfu
-    weights = shape.total_params() * BYTES[precision]
-    step_s = weights / device.bandwidth
+    weights = shape.total_params() * e
     seconds = {
         "load": PROCESS_SECONDS + weights / LOAD_BYTES_PER_S,
-        "edit": w["edit"] / (rate * world) + w.get("edit_fp64", 0.0) / fp64,
-        "eval": w["eval"] / rate + w["decode_steps"] * step_s,
+        "edit": _phase_seconds(w["edit"] / world, w["edit_layer_passes"], shape, device, rate, e) + w["edit_fp64"] / fp64,
+        "eval": _phase_seconds(w["eval"], w["eval_layer_passes"], shape, device, rate, e),
     }
-    stats = w["stats"] / rate + w["stats_decode_steps"] * step_s
-    if stats:
-        seconds["stats"] = stats
+    if w["stats"]:
+        seconds["stats"] = _phase_seconds(w["stats"], w["stats_layer_passes"], shape, device, rate, e)
     return w, seconds
 
 

@@ -252,3 +252,15 @@ def test_trainable_parameters_match_the_methods_on_real_models(method, section, 
             set_trainable(model, info, o.window_layers(), o.modules if method == "freeze" else "all")
         actual = sum(p.numel() for p in model.parameters() if p.requires_grad)
         assert trainable(method, cfg.options, find_shape(str(folder)))["params"] == actual, folder.name
+
+
+def test_the_dry_run_loads_neither_torch_nor_ray():
+    import subprocess
+    import sys
+
+    code = ("import sys; from chronosweep.cli import main; "
+            f"main(['sweep', {str(ROOT / 'configs/sweeps/methods.yaml')!r}, '--dry-run', '--runs', '/nonexistent', "
+            "'--set', 'base.model=meta-llama/Llama-2-7b-hf']); "
+            "print('LOADED', sorted(m for m in ('torch', 'ray', 'transformers', 'polars') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "LOADED []" in out and "total: 6 trial(s)" in out

@@ -45,12 +45,12 @@ def register(sub) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        return _dry_run(args)  # before the runner's imports (Ray, Polars): it needs neither
     from chronosweep.core.errors import UserError
     from chronosweep.sweep.runner import SweepOptions, check_data, pin_paths, run_sweep
     from chronosweep.sweep.spec import load_sweep
 
-    if args.dry_run:
-        return _dry_run(args)
     if not args.name and not args.check:
         raise UserError("--name is required: it names the experiment folder under --storage")
     if args.num_cpus is not None and args.address:

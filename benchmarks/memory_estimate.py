@@ -49,6 +49,38 @@ H200 = [
 ]
 
 
+# Edit and evaluation seconds of the same trials as measured (docs/benchmarks.md): the six-method CPU table
+# (2 threads, idle machine) and the H200 table, to compare with the dry run's estimate without earlier runs.
+TIMES = [
+    ("cpu", "lora", [], 29.4, 11.0), ("cpu", "ptuning", [], 73.1, 17.5), ("cpu", "full", [], 22.1, 11.0),
+    ("cpu", "freeze", [], 12.9, 11.0), ("cpu", "rome", ["data.limit=20"], 275.5, 11.0),
+    ("cpu", "memit", [], 45.9, 11.0),
+    ("h200", "lora", ["precision=fp32", "engine=torch"], 5.5, 2.3),
+    ("h200", "lora", ["precision=bf16", "engine=deepspeed"], 9.0, 3.2),
+    ("h200", "ptuning", ["precision=bf16", "engine=deepspeed"], 13.9, 3.7),
+    ("h200", "full", ["precision=bf16", "engine=deepspeed", "deepspeed.zero_stage=2"], 7.3, 3.0),
+    ("h200", "freeze", ["precision=bf16", "engine=deepspeed"], 7.6, 4.0),
+    ("h200", "rome", ["precision=bf16"], 74.4, 2.7), ("h200", "memit", ["precision=bf16"], 8.5, 3.0),
+]
+
+
+def time_rows() -> list[dict]:
+    from chronosweep.core.shapes import find_shape
+    from chronosweep.sweep.dryrun import gpu_device, trial_lengths
+    from chronosweep.sweep.estimate import Device, estimate_trial
+    from chronosweep.trial.config import config_from_dict
+
+    rows = []
+    for where, method, extra, edit_s, eval_s in TIMES:
+        cfg = config_from_dict(base_raw(method, ["data.limit=20", *extra]))
+        shape = find_shape(cfg.model)
+        device = gpu_device("H200", 16) if where == "h200" else Device(kind="cpu", cpus=2)
+        est = estimate_trial(cfg, shape, trial_lengths(cfg, shape), device, stats_cached=True)
+        rows.append({"where": where, "method": method, "settings": extra, "measured_s": edit_s + eval_s,
+                     "estimate_s": est.seconds["edit"] + est.seconds["eval"]})
+    return rows
+
+
 def base_raw(method: str, extra: list[str] | None = None) -> dict:
     from chronosweep.trial.config import apply_overrides
 
@@ -184,6 +216,13 @@ def main() -> int:
         if args.verbose:
             print("      ", r["parts_mb"])
     print("all within 15%:", report["all_within_15pct"])
+    times = time_rows()
+    report["time_rows"] = times
+    (args.out / "comparison.json").write_text(json.dumps(report, indent=2))
+    print("\nedit + evaluation seconds without earlier runs (FLOPs at 30%, weight reads, per-layer launch cost):")
+    for r in times:
+        print(f"{r['where']:5} {r['method']:8} {' '.join(r['settings']):55} measured {r['measured_s']:7.1f} s"
+              f"  estimate {r['estimate_s']:7.1f} s  x{r['estimate_s'] / r['measured_s']:.2f}")
     return 0
 
 

@@ -15,7 +15,7 @@ the target-value optimisation). What each phase holds follows what the code keep
   also keeps its linear layers' inputs (measured with torch's saved-tensor hooks on SmolLM2 to within 3%);
 - the loss head: logits in the trial's precision plus three fp32 [tokens, vocab] tensors (the upcast
   log-softmax and its gradients) at the top of the backward pass, the embedding gradient when it trains; on CUDA
-  three more [tokens, vocab] buffers in the trial's precision (CUDA_VOCAB_COPIES, fitted to the H200 runs);
+  four more [tokens, vocab] buffers in the trial's precision (CUDA_VOCAB_COPIES, fitted to the H200 runs);
 - ROME/MEMIT: C = E[k kᵀ] (mlp width²) in fp64 on the device plus the solve's workspace, every layer's fp64
   accumulator while statistics are computed (first trial per model and layer), and the target optimisation's
   activations for its rows (edits x (1 + prefixes) + KL rows) above the edited layer.

@@ -43,7 +43,6 @@ def test_flatten_gives_dotted_keys():
 
 @pytest.mark.ray
 def test_a_sweep_logs_config_epochs_and_metrics_to_a_file_store(tiny_model_dir, data_root, tmp_path, monkeypatch):
-    pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
     monkeypatch.setenv("CHRONOSWEEP_CACHE", str(tmp_path / "cache"))
     store = tmp_path / "mlruns"
     path = _sweep(tmp_path, tiny_model_dir, data_root, {"mlflow": {"uri": str(store), "tags": {"team": "edits"}}})

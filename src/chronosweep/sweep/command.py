@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(sub) -> None:
@@ -28,10 +29,24 @@ def register(sub) -> None:
                    help="override a sweep-file key, dotted (num_samples=4, base.data.limit=5); repeatable")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded local Ray (default: all)")
     p.add_argument("--check", action="store_true", help="validate the sweep file and print the plan; run nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="size every trial (peak memory, fit, time, GPU-hours, cost) from the model's shape; no Ray, "
+                        "no weights, no network")
+    p.add_argument("--gpu", default=None, help="with --dry-run: the GPU to size trials for (L4, A10G, A100-40GB, "
+                                               "A100-80GB, H100-80GB, H200; default A100-80GB, or the CPU when "
+                                               "resources.gpus is 0)")
+    p.add_argument("--price-per-gpu-hour", type=float, default=None, help="with --dry-run: price the GPU-hours")
+    p.add_argument("--runs", action="append", type=Path, default=[], metavar="DIR",
+                   help="with --dry-run: earlier run dirs (or folders of them) whose measured seconds per edit time "
+                        "the trials (default: --storage); repeatable")
+    p.add_argument("--mfu", type=float, default=None,
+                   help="with --dry-run: share of the device's peak FLOP/s assumed without earlier runs (default 0.3)")
     p.set_defaults(func=cmd_sweep)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        return _dry_run(args)  # before the runner's imports (Ray, Polars): it needs neither
     from chronosweep.core.errors import UserError
     from chronosweep.sweep.runner import SweepOptions, check_data, pin_paths, run_sweep
     from chronosweep.sweep.spec import load_sweep
@@ -54,3 +69,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                         retry_failed=args.retry_failed, num_cpus=args.num_cpus)
     summary = run_sweep(spec, opts)
     return 0 if summary.best_trial is not None else 1
+
+
+def _dry_run(args: argparse.Namespace) -> int:
+    from chronosweep.core.errors import UserError
+    from chronosweep.sweep.dryrun import dry_run, load_for_dry_run, render
+
+    if args.mfu is not None and not 0 < args.mfu <= 1:
+        raise UserError(f"--mfu: a share of peak in (0, 1], got {args.mfu}")
+    if args.price_per_gpu_hour is not None and args.price_per_gpu_hour < 0:
+        raise UserError(f"--price-per-gpu-hour: must be >= 0, got {args.price_per_gpu_hour}")
+    spec = load_for_dry_run(args.sweep, args.overrides)
+    roots = args.runs or [Path(args.storage)]
+    print(render(dry_run(spec, gpu=args.gpu, price=args.price_per_gpu_hour, run_roots=roots, mfu=args.mfu)))
+    return 0

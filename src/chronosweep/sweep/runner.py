@@ -210,6 +210,7 @@ def build_tuner(spec: SweepSpec, plan: TrialPlan, opts: SweepOptions, experiment
 
     from chronosweep.sweep.progress import TrialProgress
     from chronosweep.sweep.resources import concurrency
+    from chronosweep.sweep.tracking import callbacks as tracking_callbacks
 
     trainable = tune.with_resources(tune.with_parameters(run_point, plan=plan), plan.resources.trial_request())
     if opts.resume and tune.Tuner.can_restore(experiment.uri):
@@ -242,7 +243,8 @@ def build_tuner(spec: SweepSpec, plan: TrialPlan, opts: SweepOptions, experiment
         log_to_file=True,
         # One bar and one line per finished trial (TrialProgress) instead of Tune's per-trial dumps.
         verbose=0,
-        callbacks=[TrialProgress(spec.num_trials, spec.space, spec.objective.mode, experiment.uri)],
+        callbacks=[TrialProgress(spec.num_trials, spec.space, spec.objective.mode, experiment.uri),
+                   *tracking_callbacks(spec.file.tracking, plan, opts.name)],
     )
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
 

@@ -20,6 +20,7 @@ from chronosweep.editing.registry import METHODS
 from chronosweep.evaluation.objective import Objective
 from chronosweep.sweep.resources import Resources
 from chronosweep.sweep.space import Categorical, Condition, FloatRange, IntRange, Param, Space, Window, order_params
+from chronosweep.sweep.tracking import Tracking
 from chronosweep.trial.config import apply_overrides, config_from_dict, read_yaml
 from chronosweep.trial.presets import apply_preset
 
@@ -82,6 +83,8 @@ class SweepFile:
     # Retries of a failed trial before it is recorded as failed (OOM on a busy node may pass on a retry).
     max_failures: int = 0
     description: str = ""
+    # Experiment tracking (MLflow through Ray Tune's callback); none by default.
+    tracking: Tracking | None = None
 
 
 @dataclass

@@ -161,6 +161,8 @@ _COUNTS = [
     ("total_params", "parameters", "parameters of the base model"),
     ("n_gpus", "GPUs", "GPUs the trial ran on (0 on CPU)"),
     ("threads", "threads", "torch intra-op threads"),
+    ("epochs_run", "epochs run", "training epochs the gradient methods ran (below their `epochs` when early stopping "
+     "ended training; null for ROME/MEMIT)"),
 ]
 for _name, _label, _meaning in _COUNTS:
     register(Metric(_name, _label, _meaning, "count", objective=False))

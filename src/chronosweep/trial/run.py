@@ -39,7 +39,7 @@ def prepare_run_dir(run_dir: Path, force: bool) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     if (run_dir / "metrics.json").exists() and not force:
         raise RunDirExists(f"{run_dir} already holds a finished run (metrics.json); pass --force to overwrite it")
-    for name in ("metrics.json", "error.txt", "predictions.jsonl", "history.jsonl"):
+    for name in ("metrics.json", "error.txt", "predictions.jsonl", "history.jsonl", "training_prompts.json"):
         (run_dir / name).unlink(missing_ok=True)
 
 
@@ -102,6 +102,26 @@ def _versions() -> dict:
             "chronosweep": __version__}
 
 
+def held_out_prompts(probes) -> tuple[str, ...]:
+    """Every evaluation prompt but the edit prompts (rewrite probes), which are what an edit trains on."""
+    seen: dict[str, None] = {}
+    for p in probes:
+        if p.kind != "rewrite":
+            for q in (p.prompt, *p.questions):
+                seen.setdefault(q, None)
+    return tuple(seen)
+
+
+def training_overlaps(prompts: dict, held_out: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(trained text, evaluation prompt) pairs that overlap; the bare edit prompts are the edits themselves."""
+    from chronosweep.editing.retain import HeldOut
+
+    guard = HeldOut(held_out)
+    texts = [e["prompt"] for e in prompts.get("examples", []) if e.get("source") != "prompt"]
+    texts += [r["text"] for r in prompts.get("retain", [])]
+    return [(t, hit) for t in texts if (hit := guard.hit(t)) is not None]
+
+
 def run_trial(cfg: TrialConfig, run_dir: Path | str, on_epoch: Callable[[int, dict], None] | None = None,
               force: bool = False, progress: Callable[[str], None] = print) -> dict:
     """Run one edit trial and write config.yaml, predictions.jsonl, history.jsonl, metrics.json into run_dir."""
@@ -158,8 +178,10 @@ def _execute(cfg, run_dir, method, info, edits, on_epoch, progress) -> dict:
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    held_out = held_out_prompts(probes)
     ctx = EditContext(runtime=cfg.runtime(), info=info, device=device, dtype=dtype,
-                      run_dir=run_dir if cfg.save_artifacts else None, cache_dir=cache_dir(), on_epoch=on_epoch)
+                      run_dir=run_dir if cfg.save_artifacts else None, cache_dir=cache_dir(), on_epoch=on_epoch,
+                      held_out=held_out)
     implementation = method.load()
     _seed_everything(cfg.seed)
     t0 = time.perf_counter()
@@ -170,6 +192,15 @@ def _execute(cfg, run_dir, method, info, edits, on_epoch, progress) -> dict:
             fh.write(json.dumps(record) + "\n")
     if cfg.save_artifacts and outcome.save is not None:
         outcome.save(run_dir)
+    training = dict(outcome.training)
+    if outcome.training_prompts:
+        # Checked here, by the owner of the probes, not only inside the method.
+        overlaps = training_overlaps(outcome.training_prompts, held_out)
+        if overlaps:
+            raise RuntimeError(f"{cfg.method} trained on evaluation probes: {overlaps[:3]}")
+        training.update(disjoint_from_eval=True, eval_prompts_checked=len(held_out))
+        (run_dir / "training_prompts.json").write_text(json.dumps(outcome.training_prompts, indent=1,
+                                                                  ensure_ascii=False))
 
     t0 = time.perf_counter()
     post = measure(outcome.model, tokenizer, probes, cfg.eval, device, desc="post-edit")
@@ -212,6 +243,8 @@ def _execute(cfg, run_dir, method, info, edits, on_epoch, progress) -> dict:
         "device": device.type,
         "n_gpus": int(os.environ.get("WORLD_SIZE", "1")) if device.type == "cuda" else 0,
         "threads": torch.get_num_threads(),
+        "epochs_run": training.get("epochs_run"),
+        "training": training,
         "history": outcome.history,
         "config": cfg.to_dict(),
         "versions": _versions(),

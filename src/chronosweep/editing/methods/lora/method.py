@@ -25,11 +25,13 @@ class LoRA:
         peft_model = get_peft_model(model, peft_config)
         names = [n for n, p in peft_model.named_parameters() if p.requires_grad]
         trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-        history = train_on_edits(peft_model, tokenizer, requests, options, ctx, desc="lora")
+        trained = train_on_edits(peft_model, tokenizer, requests, options, ctx, desc="lora",
+                                 prefix_cache=options.prefix_cache)
 
         def save(folder: Path) -> None:
             peft_model.save_pretrained(folder / "adapter")
 
         modules, layers = edited(names, ctx.info)
-        return EditOutcome(model=peft_model, trainable_params=trainable, history=history, save=save,
-                           edited_modules=modules, edited_layers=layers)
+        return EditOutcome(model=peft_model, trainable_params=trainable, history=trained.history, save=save,
+                           edited_modules=modules, edited_layers=layers, training=trained.summary,
+                           training_prompts=trained.prompts)

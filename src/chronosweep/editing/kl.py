@@ -1,0 +1,98 @@
+"""The locality term: KL(unedited || edited) between next-token distributions on retain prompts.
+
+The unedited distributions come from the same model: for an adapter method (LoRA, P-tuning) with the adapter off
+(peft's disable_adapter; a prompt-learning model's base sees no virtual tokens), computed in every step without
+gradients; for in-place methods (full, freeze) once before training starts, kept on the CPU-or-device as float32
+log-probabilities of just the positions the KL reads. Either way there is no second copy of the model. The KL of
+one position is sum_v p(v) (log p(v) - log q(v)), p unedited, q edited; the term is its mean over the positions of
+the step's retain rows ("last": the token after a subject prompt, ROME's; "all": every position of a text).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from chronosweep.editing.prefix_cache import right_pad
+from chronosweep.editing.retain import RetainPrompt
+from chronosweep.editing.sampled import unedited
+
+
+@dataclass
+class RetainRow:
+    ids: list[int]
+    # First position whose next-token distribution the KL reads (len(ids) - 1 for "last", 0 for "all").
+    start: int
+
+
+def retain_rows(tokenizer, prompts: list[RetainPrompt]) -> list[RetainRow]:
+    rows = []
+    for p in prompts:
+        ids = tokenizer(p.text, add_special_tokens=True)["input_ids"]
+        if ids:
+            rows.append(RetainRow(ids, len(ids) - 1 if p.positions == "last" else 0))
+    return rows
+
+
+def batch(rows: list[RetainRow], pad_id: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """(model inputs, (rows, width) bool mask of the positions the KL reads)."""
+    ids, mask = right_pad([r.ids for r in rows], pad_id)
+    read = torch.zeros_like(mask, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        read[i, r.start:len(r.ids)] = True
+    return {"input_ids": ids, "attention_mask": mask}, read
+
+
+def log_probs_at(logits: torch.Tensor, width: int, read: torch.Tensor) -> torch.Tensor:
+    """(positions read, vocab) float32 log-probabilities; logits may carry extra leading (virtual-token) positions."""
+    return F.log_softmax(logits[:, -width:][read].float(), dim=-1)
+
+
+def kl(reference: torch.Tensor, edited: torch.Tensor) -> torch.Tensor:
+    """Mean over positions of KL(p || q) from log-probabilities of shape (positions, vocab)."""
+    return F.kl_div(edited, reference, log_target=True, reduction="sum") / max(len(reference), 1)
+
+
+def is_adapter(model) -> bool:
+    return hasattr(model, "get_base_model") and hasattr(model, "disable_adapter")
+
+
+class Reference:
+    """The unedited model's log-probabilities on retain rows: live with the adapter off, or computed once."""
+
+    def __init__(self, model, rows: list[RetainRow], pad_id: int, device: torch.device, batch_size: int = 16):
+        self.model, self.rows, self.pad_id, self.device = model, rows, pad_id, device
+        self.live = is_adapter(model)
+        self.stored: list[torch.Tensor] = []
+        if not self.live:
+            # In-place methods change the very weights: read the unedited distributions before the first step.
+            was_training = model.training
+            model.eval()
+            try:
+                with torch.no_grad():
+                    for start in range(0, len(rows), batch_size):
+                        chunk = rows[start:start + batch_size]
+                        inputs, read = batch(chunk, pad_id)
+                        logits = model(**{k: v.to(device) for k, v in inputs.items()}, use_cache=False).logits
+                        lp = log_probs_at(logits, inputs["input_ids"].shape[1], read.to(device))
+                        counts = read.sum(1).tolist()
+                        self.stored += list(torch.split(lp, counts))
+            finally:
+                model.train(was_training)
+
+    @property
+    def kind(self) -> str:
+        return "adapter disabled" if self.live else "precomputed"
+
+    def log_probs(self, indices: list[int], inputs: dict, read: torch.Tensor, before_forward=None) -> torch.Tensor:
+        """(positions read, vocab) for these rows, in the row-major order of read; before_forward runs right before
+        the live forward (the prefix cache feeds it)."""
+        if not self.live:
+            return torch.cat([self.stored[i] for i in indices]).to(read.device)
+        with torch.no_grad(), unedited(self.model) as base:
+            if before_forward is not None:
+                before_forward()
+            logits = base(**inputs, use_cache=False).logits
+        return log_probs_at(logits, inputs["input_ids"].shape[1], read)

@@ -51,7 +51,7 @@ def _kl_now(model, reference, rows, pad) -> float:
     idx = list(range(len(rows)))
     with torch.no_grad():
         edited = kl_term.log_probs_at(model(**inputs).logits, inputs["input_ids"].shape[1], read)
-        return float(kl_term.kl(reference.log_probs(idx, inputs, read), edited))
+        return float(kl_term.kl(reference.log_probs(idx, inputs, read), edited, read))
 
 
 def test_kl_is_zero_at_the_start_and_with_the_adapter_disabled(fact_llama_dir):
@@ -62,7 +62,7 @@ def test_kl_is_zero_at_the_start_and_with_the_adapter_disabled(fact_llama_dir):
     requests = tiny_requests()
     rows = _retain(tok, requests)
     reference = kl_term.Reference(peft_model, rows, tok.pad_token_id, ctx.device)
-    assert reference.live and reference.kind == "adapter disabled"
+    assert reference.live and reference.kind == "adapter disabled, every step"
     assert _kl_now(peft_model, reference, rows, tok.pad_token_id) == pytest.approx(0.0, abs=1e-7)
     train_on_edits(peft_model, tok, requests, cfg.options, ctx)
     moved = _kl_now(peft_model, reference, rows, tok.pad_token_id)
@@ -77,7 +77,7 @@ def test_in_place_methods_read_the_unedited_distributions_once_before_training(f
     model, tok = load_tiny(ctx)
     rows = _retain(tok, tiny_requests())
     reference = kl_term.Reference(model, rows, tok.pad_token_id, ctx.device)
-    assert not reference.live and reference.kind == "precomputed"
+    assert not reference.live and reference.kind == "precomputed before training"
     assert _kl_now(model, reference, rows, tok.pad_token_id) == pytest.approx(0.0, abs=1e-6)
     get_method("freeze").edit(model, tok, tiny_requests(), cfg.options, ctx)
     assert _kl_now(model, reference, rows, tok.pad_token_id) > 1e-3
@@ -90,7 +90,8 @@ def test_the_kl_weight_keeps_retain_distributions_closer(fact_llama_dir, method,
         outcome, tok = edit(fact_llama_dir, [*args, f"{method}.epochs=8", f"{method}.lr=1e-2", f"{method}.kl_weight={weight}",
                                              f"{method}.retain_templates=['{{}} is a', '{{}} is known for']"])
         if weight:
-            assert outcome.training["kl_reference"] == ("adapter disabled" if method == "lora" else "precomputed")
+            assert outcome.training["kl_reference"] == ("adapter disabled, every step" if method == "lora"
+                                                        else "precomputed before training")
             assert all(r["kl"] is not None for r in outcome.history)
         else:
             assert all(r["kl"] is None for r in outcome.history) and "retain" not in outcome.training
@@ -102,6 +103,18 @@ def test_the_kl_weight_keeps_retain_distributions_closer(fact_llama_dir, method,
     reference = kl_term.Reference(fresh, rows, tok.pad_token_id, ctx.device)
     kls = {w: _kl_now(o.model, reference, rows, tok.pad_token_id) for w, o in finals.items()}
     assert kls[5.0] < 0.5 * kls[0.0], kls
+
+
+def test_a_reference_read_once_trains_as_the_live_one(fact_llama_dir):
+    common = [*LORA, "lora.epochs=3", "lora.kl_weight=1", "lora.retain_templates=['{} is a']"]
+    live, _ = edit(fact_llama_dir, [*common, "lora.kl_reference=live"])
+    once, _ = edit(fact_llama_dir, [*common, "lora.kl_reference=once"])
+    assert live.training["kl_reference"] == "adapter disabled, every step"
+    assert once.training["kl_reference"] == "adapter disabled, once"
+    for a, b in zip(live.history, once.history, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5) and a["kl"] == pytest.approx(b["kl"], abs=1e-5)
+    with pytest.raises(ConfigError, match="freeze.kl_reference: live needs an adapter"):
+        load_config(None, ["method=freeze", "freeze.kl_reference=live"])
 
 
 def test_edit_loss_is_the_models_own_loss(fact_llama_dir):
@@ -317,7 +330,7 @@ def test_ptuning_takes_the_kl_term_against_its_base_model(fact_llama_dir):
     outcome, _ = edit(fact_llama_dir, ["method=ptuning", "ptuning.num_virtual_tokens=4", "ptuning.encoder_hidden_size=16",
                                        "ptuning.epochs=2", "ptuning.batch_size=3", "ptuning.kl_weight=1",
                                        "ptuning.n_prefixes=1", "ptuning.prefix_tokens=3"])
-    assert outcome.training["kl_reference"] == "adapter disabled"
+    assert outcome.training["kl_reference"] == "adapter disabled, every step"
     assert outcome.training["prefix_cache"] == {"layer": None, "status": "off"}
     assert all(r["kl"] is not None and r["kl"] >= 0 for r in outcome.history)
 

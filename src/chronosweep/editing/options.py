@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from chronosweep.core.models import ModelInfo
 
@@ -51,8 +51,11 @@ def at_least(where: str, obj, names: tuple[str, ...], low: float, problems: list
             problems.append(f"{where}.{name}: must be {'>' if strict else '>='} {low:g}, got {value}")
 
 
-# ROME's KL prompt and a few other relations of the edited subject; "{}" is the subject.
-SUBJECT_TEMPLATES = ["{} is a", "{} is known for", "{} is located in", "The history of {}", "{} was founded in"]
+# ROME's KL prompt and other relations an edited subject may have (a country, a company, a person, an
+# organisation); "{}" is the subject. One that makes no sense for a subject still has a distribution to keep.
+SUBJECT_TEMPLATES = ["{} is a", "{} is known for", "{} is located in", "The capital of {} is",
+                     "The official language of {} is", "{} is headquartered in", "{} was founded in", "{} was born in",
+                     "{} is a member of", "The history of {}"]
 
 
 @dataclass
@@ -71,6 +74,11 @@ class TrainingOptions(Options):
     # --- locality: KL(unedited || edited) on retain prompts
     kl_weight: float = opt(0.0, "weight of the KL term between the unedited and the edited model's next-token "
                                 "distributions on retain prompts; 0 turns the term (and the retain prompts) off")
+    kl_reference: Literal["auto", "live", "once"] = opt("auto", "where the unedited distributions come from: live "
+                                                        "(adapter methods: the adapter switched off in every step), "
+                                                        "once (read before training and kept: positions x vocabulary "
+                                                        "x 4 bytes, one forward pass less per step), auto (live for "
+                                                        "adapters, once for full and freeze)")
     retain_per_step: int = opt(8, "retain prompts in every optimiser step (drawn in turn from the retain pool)")
     retain_templates: list[str] = opt(help="retain prompts about each edited subject under other relations, "
                                            "\"{}\" standing for the subject (the first is ROME's KL prompt); the KL "

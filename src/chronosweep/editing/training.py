@@ -170,7 +170,7 @@ def train_on_edits(model, tokenizer, requests, options: TrainingOptions, ctx: Ed
     summary["prefix_cache"] = {"layer": layer, "status": why}
     if rows:
         # In-place methods read the unedited distributions now, before the engine exists and anything trains.
-        reference = kl_term.Reference(model, rows, pad, device)
+        reference = kl_term.Reference(model, rows, pad, device, mode=options.kl_reference)
         summary["kl_reference"] = reference.kind
 
     keep_logits = _takes_logits_to_keep(model)
@@ -220,7 +220,7 @@ def train_on_edits(model, tokenizer, requests, options: TrainingOptions, ctx: Ed
             if feed is not None:
                 feed()
             edited = kl_term.log_probs_at(forward(**inputs, use_cache=False).logits, rwidth, read)
-            term = kl_term.kl(ref, edited)
+            term = kl_term.kl(ref, edited, read)
             out.update(kl=float(term.detach()), tokens=out["tokens"] + int(inputs["attention_mask"].sum()))
             loss = loss + options.kl_weight * term
         return loss

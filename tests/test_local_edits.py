@@ -50,7 +50,7 @@ def _kl_now(model, reference, rows, pad) -> float:
     inputs, read = kl_term.batch(rows, pad)
     idx = list(range(len(rows)))
     with torch.no_grad():
-        edited = kl_term.log_probs_at(model(**inputs).logits, inputs["input_ids"].shape[1], read)
+        edited = kl_term.log_probs_at(model(**inputs).logits, read)
         return float(kl_term.kl(reference.log_probs(idx, inputs, read), edited, read))
 
 

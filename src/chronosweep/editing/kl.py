@@ -47,9 +47,14 @@ def batch(rows: list[RetainRow], pad_id: int) -> tuple[dict[str, torch.Tensor], 
     return {"input_ids": ids, "attention_mask": mask}, read
 
 
-def log_probs_at(logits: torch.Tensor, width: int, read: torch.Tensor) -> torch.Tensor:
-    """(positions read, vocab) float32 log-probabilities; logits may carry extra leading (virtual-token) positions."""
-    return F.log_softmax(logits[:, -width:][read].float(), dim=-1)
+def log_probs_at(logits: torch.Tensor, read: torch.Tensor) -> torch.Tensor:
+    """(positions read, vocab) float32 log-probabilities at the read positions.
+
+    logits covers the last k positions of the rows: all of them and more (a prompt-learning model's virtual tokens
+    lead), or fewer (logits_to_keep), as long as every position read lies among them.
+    """
+    k = min(logits.shape[1], read.shape[1])
+    return F.log_softmax(logits[:, -k:][read[:, read.shape[1] - k:]].float(), dim=-1)
 
 
 def kl(reference: torch.Tensor, edited: torch.Tensor, read: torch.Tensor | None = None) -> torch.Tensor:
@@ -92,7 +97,7 @@ class Reference:
                         chunk = rows[start:start + batch_size]
                         inputs, read = batch(chunk, pad_id)
                         logits = base(**{k: v.to(device) for k, v in inputs.items()}, use_cache=False).logits
-                        lp = log_probs_at(logits, inputs["input_ids"].shape[1], read.to(device))
+                        lp = log_probs_at(logits, read.to(device))
                         counts = read.sum(1).tolist()
                         self.stored += list(torch.split(lp, counts))
             finally:
@@ -113,4 +118,4 @@ class Reference:
             if before_forward is not None:
                 before_forward()
             logits = base(**inputs, use_cache=False).logits
-        return log_probs_at(logits, inputs["input_ids"].shape[1], read)
+        return log_probs_at(logits, read)

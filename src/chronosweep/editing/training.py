@@ -212,16 +212,25 @@ def train_on_edits(model, tokenizer, requests, options: TrainingOptions, ctx: Ed
         loss, hit = edit_loss(logits[:, -keep:], batch["labels"])
         out.update(ce=float(loss.detach()), hit=hit.tolist(), tokens=int(batch["attention_mask"].sum()))
         if ridx:
-            inputs, read = kl_term.batch([rows[j] for j in ridx], pad)
-            inputs, read = {k: v.to(device) for k, v in inputs.items()}, read.to(device)
-            rwidth = inputs["input_ids"].shape[1]
-            feed = (lambda: cache.feed([len(examples) + j for j in ridx], rwidth)) if cache is not None else None
-            ref = reference.log_probs(ridx, inputs, read, before_forward=feed)
-            if feed is not None:
-                feed()
-            edited = kl_term.log_probs_at(forward(**inputs, use_cache=False).logits, rwidth, read)
-            term = kl_term.kl(ref, edited, read)
-            out.update(kl=float(term.detach()), tokens=out["tokens"] + int(inputs["attention_mask"].sum()))
+            # Subject prompts (KL on their last token) and long texts (every position) run as separate batches, so
+            # neither is padded to the other's width, and each computes the head only where the KL reads it.
+            groups = [g for g in ([j for j in ridx if rows[j].start > 0], [j for j in ridx if rows[j].start == 0]) if g]
+            total = 0.0
+            for group in groups:
+                inputs, read = kl_term.batch([rows[j] for j in group], pad)
+                inputs, read = {k: v.to(device) for k, v in inputs.items()}, read.to(device)
+                rwidth = inputs["input_ids"].shape[1]
+                if keep_logits:
+                    inputs["logits_to_keep"] = rwidth - min(rows[j].start for j in group)
+                feed = (lambda g=group, w=rwidth: cache.feed([len(examples) + j for j in g], w)) if cache else None
+                ref = reference.log_probs(group, inputs, read, before_forward=feed)
+                if feed is not None:
+                    feed()
+                edited = kl_term.log_probs_at(forward(**inputs, use_cache=False).logits, read)
+                total = total + kl_term.kl(ref, edited, read) * len(group)
+                out["tokens"] += int(inputs["attention_mask"].sum())
+            term = total / len(ridx)
+            out["kl"] = float(term.detach())
             loss = loss + options.kl_weight * term
         return loss
 

@@ -4,14 +4,16 @@
         [--compare rome memit] [--set key=value ...]
 
 Parts, each one `chronosweep edit` process (run_trial, the CLI's path) on the first 20 DyKnow edits unless said:
-- plain:  the study's plain LoRA, configs/trials/lora-mlp.yaml (frozen-prefix cache on, as shipped);
+- plain:  the study's plain LoRA, configs/trials/lora-mlp.yaml (frozen-prefix cache on, as shipped), beside local;
 - local:  configs/trials/lora-local.yaml, batch protocol: the targets below;
 - cache:  lora-mlp.yaml with lora.prefix_cache=false: the cached run (plain) against the uncached one, same loss;
 - scale:  lora-local.yaml on 50 and on all 111 DyKnow edits;
 - --compare rome memit: those methods' trial configs on the same edits, and paired 95% bootstrap intervals of
   (lora-local - method) over the edits (probes for locality) both runs scored: reliability, generalization,
   locality, locality_acc (and leakage, neighborhood where the metric registry has them).
-Writes OUT/benchmark.json and prints it. Timings depend on the machine's load: repeat on an idle machine.
+Runs go in pairs that start together (plain beside uncached, local beside a second plain run, the 50- beside the
+111-edit run), so that on a machine other jobs share each comparison sees the same load; --sequential runs one at
+a time (an idle machine, where a pair would share the cores). Writes OUT/benchmark.json and prints it.
 """
 
 from __future__ import annotations
@@ -35,16 +37,30 @@ TARGETS = [("reliability", ">=", 0.95), ("generalization", ">=", 0.75), ("rewrit
 PAIRED = ("reliability", "generalization", "locality", "locality_acc", "leakage", "neighborhood")
 
 
-def run(name: str, config: Path, out: Path, threads: int, overrides: list[str]) -> dict:
+def start(name: str, config: Path, out: Path, threads: int, overrides: list[str]):
     run_dir = out / name
     cmd = [sys.executable, "-m", "chronosweep.cli", "edit", str(config), "--out", str(run_dir), "--force",
            "--set", f"threads={threads}", *sum((["--set", o] for o in overrides), [])]
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    log = open(out / f"{name}.log", "w")
+    return name, run_dir, time.perf_counter(), subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+
+
+def finish(job) -> dict:
+    name, run_dir, t0, proc = job
+    if proc.wait() != 0:
+        raise SystemExit(f"{name} failed: see {run_dir.parent / (name + '.log')}")
     m = json.loads((run_dir / "metrics.json").read_text())
     m["process_seconds"] = time.perf_counter() - t0
     m["run_dir"] = str(run_dir)
     return m
+
+
+def pair(specs: list[tuple], out: Path, threads: int, sequential: bool) -> list[dict]:
+    """Run (name, config, overrides) specs together (or one after another) and return their metrics."""
+    if sequential:
+        return [finish(start(*spec[:2], out, threads, spec[2])) for spec in specs]
+    jobs = [start(*spec[:2], out, threads, spec[2]) for spec in specs]
+    return [finish(job) for job in jobs]
 
 
 def summary(m: dict) -> dict:
@@ -91,6 +107,7 @@ def main() -> int:
     ap.add_argument("--parts", nargs="+", default=["plain", "local", "cache", "scale"],
                     choices=["plain", "local", "cache", "scale"])
     ap.add_argument("--compare", nargs="*", default=[], choices=["rome", "memit"])
+    ap.add_argument("--sequential", action="store_true", help="one run at a time (an idle machine)")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -98,23 +115,32 @@ def main() -> int:
     result: dict = {"threads": args.threads, "edits": args.edits, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     runs: dict[str, dict] = {}
 
-    if "plain" in args.parts or "cache" in args.parts:
-        runs["plain"] = run("plain", PLAIN, args.out, args.threads, limit)
-    if "local" in args.parts or args.compare:
-        runs["local"] = run("local", LOCAL, args.out, args.threads, limit)
     if "cache" in args.parts:
-        runs["uncached"] = run("uncached", PLAIN, args.out, args.threads, [*limit, "lora.prefix_cache=false"])
+        runs["plain"], runs["uncached"] = pair([("plain", PLAIN, limit),
+                                                ("uncached", PLAIN, [*limit, "lora.prefix_cache=false"])],
+                                               args.out, args.threads, args.sequential)
         cached, plain = runs["plain"], runs["uncached"]
-        losses = [(a["loss"], b["loss"]) for a, b in zip(cached["history"], plain["history"])]
+        losses = [(a["loss"], b["loss"]) for a, b in zip(cached["history"], plain["history"], strict=True)]
         result["cache"] = {"cached_edit_seconds": cached["edit_seconds"], "uncached_edit_seconds": plain["edit_seconds"],
                            "ratio": cached["edit_seconds"] / plain["edit_seconds"],
                            "max_loss_difference": max(abs(a - b) for a, b in losses), "target_ratio": "<= 0.7"}
+    if "local" in args.parts or args.compare:
+        specs = [("local", LOCAL, limit)]
+        if "plain" in args.parts:
+            specs.append(("plain-beside-local", PLAIN, limit))
+        got = pair(specs, args.out, args.threads, args.sequential)
+        runs["local"] = got[0]
+        if len(got) > 1:
+            runs["plain-beside-local"] = got[1]
+    elif "plain" in args.parts and "plain" not in runs:
+        runs["plain"] = pair([("plain", PLAIN, limit)], args.out, args.threads, args.sequential)[0]
     if "scale" in args.parts:
-        for n in (50, None):
-            name = f"local-{n or 'all'}"
-            runs[name] = run(name, LOCAL, args.out, args.threads, [*args.overrides, f"data.limit={'null' if n is None else n}"])
+        got = pair([("local-50", LOCAL, [*args.overrides, "data.limit=50"]),
+                    ("local-all", LOCAL, [*args.overrides, "data.limit=null"])], args.out, args.threads, args.sequential)
+        runs["local-50"], runs["local-all"] = got
     for method in args.compare:
-        runs[method] = run(method, ROOT / "configs" / "trials" / f"{method}.yaml", args.out, args.threads, limit)
+        runs[method] = pair([(method, ROOT / "configs" / "trials" / f"{method}.yaml", limit)], args.out, args.threads,
+                            True)[0]
         result[f"paired_local_minus_{method}"] = paired(runs["local"]["run_dir"], runs[method]["run_dir"])
 
     result["runs"] = {name: summary(m) for name, m in runs.items()}
@@ -125,9 +151,11 @@ def main() -> int:
             value = local.get(metric)
             checks[metric] = {"target": f"{op} {bound}", "value": value,
                               "met": None if value is None else (value >= bound if op == ">=" else value <= bound)}
-        if "plain" in runs:
-            ratio = local["edit_seconds"] / runs["plain"]["edit_seconds"]
-            checks["edit_seconds_vs_plain_lora"] = {"target": "<= 0.5", "value": ratio, "met": ratio <= 0.5}
+        beside = runs.get("plain-beside-local") or runs.get("plain")
+        if beside is not None:
+            ratio = local["edit_seconds"] / beside["edit_seconds"]
+            checks["edit_seconds_vs_plain_lora"] = {"target": "<= 0.5", "value": ratio, "met": ratio <= 0.5,
+                                                    "plain_run": beside["run_dir"]}
         result["targets"] = checks
     (args.out / "benchmark.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))

@@ -51,9 +51,12 @@ def at_least(where: str, obj, names: tuple[str, ...], low: float, problems: list
             problems.append(f"{where}.{name}: must be {'>' if strict else '>='} {low:g}, got {value}")
 
 
-# ROME's KL prompt and other relations an edited subject may have (a country, a company, a person, an
-# organisation); "{}" is the subject. One that makes no sense for a subject still has a distribution to keep.
-SUBJECT_TEMPLATES = ["{} is a", "{} is known for", "{} is located in", "The capital of {} is",
+# ROME's KL prompt: the default subject retain prompt ("{}" is the subject).
+ROME_TEMPLATE = "{} is a"
+# Other relations an edited subject may have (a country, a company, a person, an organisation), for
+# retain_templates. On 20 DyKnow edits these raised locality_acc from 0.79 to 0.89 but cut generalization from 0.47
+# to 0.30: "The capital of Italy is" is too close to the paraphrase "The President of Italy is" (docs/benchmarks.md).
+SUBJECT_TEMPLATES = [ROME_TEMPLATE, "{} is known for", "{} is located in", "The capital of {} is",
                      "The official language of {} is", "{} is headquartered in", "{} was founded in", "{} was born in",
                      "{} is a member of", "The history of {}"]
 
@@ -81,8 +84,9 @@ class TrainingOptions(Options):
                                                         "adapters, once for full and freeze)")
     retain_per_step: int = opt(8, "retain prompts in every optimiser step (drawn in turn from the retain pool)")
     retain_templates: list[str] = opt(help="retain prompts about each edited subject under other relations, "
-                                           "\"{}\" standing for the subject (the first is ROME's KL prompt); the KL "
-                                           "falls on their last position", factory=lambda: list(SUBJECT_TEMPLATES))
+                                           "\"{}\" standing for the subject (default: ROME's KL prompt); the KL falls "
+                                           "on their last position (chronosweep.editing.options.SUBJECT_TEMPLATES lists "
+                                           "more relations)", factory=lambda: [ROME_TEMPLATE])
     retain_sampled: int = opt(0, "unrelated retain texts the unedited model samples once per trial (seeded, cached); "
                                  "the KL falls on every position")
     retain_sampled_tokens: int = opt(24, "tokens of each sampled retain text")

@@ -235,7 +235,7 @@ SHIPPED = sorted((ROOT / "configs" / "sweeps").glob("*.yaml"))
 
 def test_sweeps_are_shipped():
     names = {p.name for p in SHIPPED}
-    for stem in ("methods", "layers-multihop", "rank-targets", "injection-vs-modification"):
+    for stem in ("methods", "layers-multihop", "rank-targets", "injection-vs-modification", "local-edits"):
         assert {f"{stem}.yaml", f"{stem}-small.yaml"} <= names
 
 

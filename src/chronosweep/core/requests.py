@@ -51,7 +51,10 @@ class EditRequest:
     target_new_aliases: tuple[str, ...] = ()
     # None for injection edits (s, r, nothing) -> (s, r, o').
     target_true: str | None = None
+    # Evaluation paraphrases (generalization probes): never trained on.
     paraphrases: tuple[str, ...] = ()
+    # Other phrasings a method may train on (a field of their own, disjoint from paraphrases).
+    train_paraphrases: tuple[str, ...] = ()
     relation: str = ""
     # ISO-like strings as the source gives them; either end may be unknown.
     time_start: str | None = None

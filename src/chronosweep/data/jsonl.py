@@ -14,7 +14,7 @@ from chronosweep.data.errors import Fields, Problems, type_name
 from chronosweep.data.parsed import Parsed
 
 FIELDS = {"case_id", "subject", "prompt", "target_new", "target_new_aliases", "target_true", "paraphrases",
-          "relation", "time_start", "time_end", "multihop", "cases", "locality", "neighborhood"}
+          "train_paraphrases", "relation", "time_start", "time_end", "multihop", "cases", "locality", "neighborhood"}
 MULTIHOP_FIELDS = {"case_id", "questions", "answer", "aliases", "hops", "cloze"}
 HOP_FIELDS = {"cloze", "answer", "aliases", "question", "changed"}
 LOCALITY_FIELDS = {"prompt", "answer"}
@@ -75,6 +75,18 @@ def _multihop(f: Fields, case_id: str) -> MultiHop | None:
     return _case(f.nested(value, "multihop"), case_id)
 
 
+def _train_paraphrases(f: Fields, paraphrases: tuple[str, ...]) -> tuple[str, ...]:
+    """Phrasings to train on; one that is also an evaluation paraphrase would be a probe trained on."""
+    train = tuple(p.rstrip() for p in f.texts("train_paraphrases") or ())
+    evaluated = {" ".join(p.lower().split()): j for j, p in enumerate(paraphrases)}
+    for j, p in enumerate(train):
+        k = evaluated.get(" ".join(p.lower().split()))
+        if k is not None:
+            f.fail(f"train_paraphrases[{j}]", f"{p!r} is also paraphrases[{k}], an evaluation probe; a probe is "
+                                             "never trained on")
+    return train
+
+
 def parse(records: list[tuple[str, object]], path: Path, prefix: str) -> Parsed:
     """records: (where, object) pairs, where is 'line N' (JSONL) or 'record N' (JSON list)."""
     problems = Problems(str(path))
@@ -94,10 +106,12 @@ def parse(records: list[tuple[str, object]], path: Path, prefix: str) -> Parsed:
             f.fail("case_id", f"duplicate of {ids[case_id]}")
         ids.setdefault(case_id, where)
         subject, prompt, new = f.text("subject"), f.text("prompt"), f.text("target_new")
+        paraphrases = tuple(p.rstrip() for p in f.texts("paraphrases") or ())
         request = dict(
             target_new_aliases=f.texts("target_new_aliases") or (),
             target_true=f.text("target_true", required=False, nullable=True),
-            paraphrases=tuple(p.rstrip() for p in f.texts("paraphrases") or ()),
+            paraphrases=paraphrases,
+            train_paraphrases=_train_paraphrases(f, paraphrases),
             relation=f.text("relation", required=False, nullable=True, empty_ok=True) or "",
             time_start=_time(f, "time_start"),
             time_end=_time(f, "time_end"),
@@ -137,6 +151,8 @@ def to_record(r: EditRequest) -> dict:
         rec["target_true"] = r.target_true
     if r.paraphrases:
         rec["paraphrases"] = list(r.paraphrases)
+    if r.train_paraphrases:
+        rec["train_paraphrases"] = list(r.train_paraphrases)
     if r.relation:
         rec["relation"] = r.relation
     if r.time_start is not None:

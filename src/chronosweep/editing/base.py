@@ -28,6 +28,9 @@ class EditContext:
     cache_dir: Path
     # Called after each training epoch with that epoch's metrics (Ray Tune reports these for ASHA).
     on_epoch: Callable[[int, dict], None] | None = None
+    # Every evaluation prompt other than the edit prompts themselves (paraphrase, locality, neighborhood, multi-hop
+    # probes ...): nothing a method trains on, retain prompts included, may overlap one (editing.retain.HeldOut).
+    held_out: tuple[str, ...] = ()
 
 
 @dataclass
@@ -49,6 +52,11 @@ class EditOutcome:
     detach: Callable[[], torch.nn.Module] | None = None
     # Whatever a later resume() of the same method continues from (ROME's earlier keys ...).
     state: Any = None
+    # What the training ran on and how it ended (gradient methods): epochs run, examples and retain prompts by
+    # source, what was left out as overlapping an evaluation probe; metrics.json's "training".
+    training: dict = field(default_factory=dict)
+    # Every text trained on (edit prompts with their contexts, retain prompts): the run dir's training_prompts.json.
+    training_prompts: dict | None = None
 
 
 class EditMethod(Protocol):

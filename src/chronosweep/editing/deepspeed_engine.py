@@ -137,8 +137,8 @@ class DeepSpeedEngine:
         self.device = self.engine.device
         self.zero3 = self.engine.zero_optimization_stage() == 3
 
-    def step(self, batch: dict) -> float:
-        loss = self.engine(**batch).loss
+    def step(self, loss_fn) -> float:
+        loss = loss_fn(self.engine)
         self.engine.backward(loss)
         self.engine.step()
         return float(loss.detach())

@@ -1,6 +1,7 @@
 """Optimisation engines behind the shared training loop: plain PyTorch, or DeepSpeed.
 
-Both take one micro-batch per step and return its loss; the loop asks the engine where it stands in
+Both take one micro-batch per step, as a function computing its loss from a forward callable (the model, or
+DeepSpeed's engine around it), and return that loss; the loop asks the engine where it stands in
 the world (rank, world size, micro-batch per rank) so it can shard the batch under a multi-process launch.
 """
 
@@ -25,14 +26,14 @@ class TorchEngine:
         self.micro_batch = batch_size
         self.device = device
 
-    def step(self, batch: dict) -> float:
-        out = self.model(**batch)
-        out.loss.backward()
+    def step(self, loss_fn) -> float:
+        loss = loss_fn(self.model)
+        loss.backward()
         if self.clip > 0:
             torch.nn.utils.clip_grad_norm_(self.params, self.clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(out.loss.detach())
+        return float(loss.detach())
 
     def all_sum(self, values: list[float]) -> list[float]:
         return list(values)

@@ -1,26 +1,56 @@
 """The shared training loop of the gradient methods (LoRA, P-tuning, full, freeze).
 
-All edits of a trial are trained together (batch editing, as in the study); the loss is the mean
-cross-entropy of the new-object tokens. The optimisation step itself belongs to an engine
-(plain PyTorch or DeepSpeed, see editing.engine), so every method gets both for free.
+All edits of a trial are trained together (batch editing, as in the study): each optimiser step takes
+batch_size edits with every prompt they train under (the bare prompt, generated context prefixes, training
+paraphrases: editing.augment). The loss is the mean cross-entropy of the new-object tokens, plus kl_weight times
+the KL between the unedited and the edited model on retain prompts (editing.kl, editing.retain). Training stops
+early once every edit's targets have been the argmax for `patience` epochs, or the loss is under `stop_loss`.
+Windowed methods may run only the layers that can change (editing.prefix_cache). The optimisation step itself
+belongs to an engine (plain PyTorch or DeepSpeed, see editing.engine), so every method gets both for free.
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import math
 import random
 import time
+from dataclasses import dataclass, field
 
+import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from chronosweep.core.tokens import collate, edit_examples
+from chronosweep.core.archs import arch_for
+from chronosweep.core.tokens import collate, encode_example, target_text
+from chronosweep.editing import kl as kl_term
+from chronosweep.editing.augment import training_prompts
 from chronosweep.editing.base import EditContext
-from chronosweep.editing.engine import make_engine
+from chronosweep.editing.engine import make_engine, resolve_engine
+from chronosweep.editing.locate import blocks
 from chronosweep.editing.options import TrainingOptions
+from chronosweep.editing.prefix_cache import PrefixCache, first_trainable_layer
+from chronosweep.editing.retain import build_pool
+from chronosweep.editing.sampled import sample
 
 
 class TrainingDiverged(RuntimeError):
     pass
+
+
+class NoRetainPrompts(ValueError):
+    pass
+
+
+@dataclass
+class Trained:
+    # One row per epoch run (GRADIENT_HISTORY keys).
+    history: list[dict]
+    # metrics.json's "training": epochs run, why training stopped, what it trained on.
+    summary: dict
+    # The run dir's training_prompts.json: every text trained on.
+    prompts: dict = field(default_factory=dict)
 
 
 def shard(order: list[int], rank: int, world_size: int) -> list[int]:
@@ -38,52 +68,220 @@ def shard(order: list[int], rank: int, world_size: int) -> list[int]:
     return padded[rank:total:world_size]
 
 
-def train_on_edits(model, tokenizer, requests, options: TrainingOptions, ctx: EditContext,
-                   desc: str = "train") -> list[dict]:
-    """Train model's trainable parameters on the edits; returns one {epoch, loss, seconds} dict per epoch.
+def unwrap(model):
+    """The plain causal LM under a peft wrapper (LoRA layers stay inside it), else the model."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if get_base is not None else model
+
+
+def edit_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean cross-entropy over target tokens, per row: every target token is the argmax).
+
+    logits holds the last k positions of the input (k = logits.shape[1]); labels the whole rows.
+    """
+    k = logits.shape[1]
+    lab = labels[:, labels.shape[1] - k + 1:]
+    pred = logits[:, :-1].float()
+    valid = lab != -100
+    loss = F.cross_entropy(pred[valid], lab[valid])
+    hit = (pred.argmax(-1) == lab) | ~valid
+    return loss, hit.all(dim=1)
+
+
+def _takes_logits_to_keep(model) -> bool:
+    return "logits_to_keep" in inspect.signature(unwrap(model).forward).parameters
+
+
+def _dropout_below(model, layer: int, info) -> bool:
+    """Whether any active dropout sits outside the blocks >= layer (then a cached prefix would differ in training)."""
+    above = {id(m) for b in list(blocks(model, arch_for(info.model_type)))[layer:] for m in b.modules()}
+    return any(isinstance(m, torch.nn.Dropout) and m.p > 0 and id(m) not in above for m in model.modules())
+
+
+def _cache_layer(model, ctx: EditContext, wanted: bool) -> tuple[int | None, str]:
+    if not wanted:
+        return None, "off"
+    layer = first_trainable_layer(model, ctx.info)
+    if layer is None:
+        return None, "not applicable: parameters outside the decoder layers train"
+    if layer == 0:
+        return None, "not applicable: layer 0 trains"
+    if resolve_engine(ctx) == "deepspeed" and ctx.runtime.deepspeed.zero_stage == 3:
+        return None, "not applicable: ZeRO-3 partitions the skipped layers"
+    if _dropout_below(unwrap(model), layer, ctx.info):
+        return None, f"not applicable: dropout below layer {layer}"
+    return layer, f"layers below {layer} computed once"
+
+
+def train_on_edits(model, tokenizer, requests, options: TrainingOptions, ctx: EditContext, desc: str = "train",
+                   prefix_cache: bool = False) -> Trained:
+    """Train model's trainable parameters on the edits.
 
     options.batch_size is the number of edits per optimiser step; under a multi-process launch each rank takes
-    its share of every epoch's shuffled order, in micro-batches of batch_size / world size.
+    its share of every epoch's shuffled order, in micro-batches of batch_size / world size. prefix_cache: the
+    method trains a window of layers and allows caching what lies below it.
     """
-    epochs = options.epochs
-    examples = edit_examples(tokenizer, requests, ctx.runtime.target_suffix)
-    rng = random.Random(ctx.runtime.seed)
+    device = ctx.device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    summary: dict = {"epochs_max": options.epochs}
+
+    # What every edit trains under, sampled from the unedited model before anything changes.
+    prefixes, prefixes_cached = sample("prefix", model, tokenizer, options.n_prefixes, options.prefix_tokens, ctx)
+    texts = training_prompts(requests, prefixes, options.train_paraphrases, ctx.held_out)
+    examples = [encode_example(tokenizer, p.prompt, target_text(requests[p.edit], ctx.runtime.target_suffix))
+                for p in texts.prompts]
+    by_edit: list[list[int]] = [[] for _ in requests]
+    for i, p in enumerate(texts.prompts):
+        by_edit[p.edit].append(i)
+    summary["examples"] = texts.by_source()
+    summary["examples_dropped_as_eval_overlap"] = len(texts.dropped)
+    summary["prefixes"] = prefixes
+    prompts_record = {
+        "examples": [{"case_id": requests[p.edit].case_id, "source": p.source, "prompt": p.prompt} for p in texts.prompts],
+        "dropped": [{"case_id": requests[p.edit].case_id, "source": p.source, "prompt": p.prompt, "overlaps": hit}
+                    for p, hit in texts.dropped],
+    }
+
+    rows: list[kl_term.RetainRow] = []
+    reference = None
+    if options.kl_weight > 0:
+        sampled, sampled_cached = sample("retain", model, tokenizer, options.retain_sampled,
+                                         options.retain_sampled_tokens, ctx)
+        pool = build_pool(requests, options, sampled, ctx.held_out)
+        rows = kl_term.retain_rows(tokenizer, pool.prompts)
+        if not rows:
+            raise NoRetainPrompts(f"kl_weight {options.kl_weight:g}: no retain prompt is left once those overlapping "
+                                  f"an evaluation probe are removed ({len(pool.dropped)} removed)")
+        summary["retain"] = {"prompts": len(pool.prompts), "by_source": pool.by_source(),
+                             "dropped_as_overlap": len(pool.dropped), "held_out_checked": len(ctx.held_out),
+                             "sampled_cached": sampled_cached}
+        prompts_record["retain"] = [{"source": p.source, "positions": p.positions, "text": p.text} for p in pool.prompts]
+        prompts_record["retain_dropped"] = [{"source": p.source, "text": p.text, "overlaps": hit}
+                                            for p, hit in pool.dropped]
+    summary["prefixes_cached"] = prefixes_cached if options.n_prefixes else None
+
+    layer, why = _cache_layer(model, ctx, prefix_cache)
+    cache = None
+    if layer is not None:
+        t0 = time.perf_counter()
+        cache = PrefixCache(unwrap(model), ctx.info, layer, [e["input_ids"] for e in examples] + [r.ids for r in rows],
+                            pad, device)
+        why += f" ({time.perf_counter() - t0:.2f} s)"
+    summary["prefix_cache"] = {"layer": layer, "status": why}
+    if rows:
+        # In-place methods read the unedited distributions now, before the engine exists and anything trains.
+        reference = kl_term.Reference(model, rows, pad, device, mode=options.kl_reference)
+        summary["kl_reference"] = reference.kind
+
+    keep_logits = _takes_logits_to_keep(model)
     engine = make_engine(model, lr=options.lr, weight_decay=options.weight_decay, batch_size=options.batch_size,
                          ctx=ctx)
     micro = engine.micro_batch
+    rng = random.Random(ctx.runtime.seed)
+    retain_rng = random.Random(ctx.runtime.seed + 1)
+    retain_order: list[int] = []
     history: list[dict] = []
-    steps_per_epoch = math.ceil(math.ceil(len(examples) / engine.world_size) / micro)
+    steps_per_epoch = math.ceil(math.ceil(len(requests) / engine.world_size) / micro)
+    stop_reason, streak = None, 0
     model.train()
     t0 = time.perf_counter()
-    bar = tqdm(total=epochs * steps_per_epoch, desc=desc, unit="step", leave=False, dynamic_ncols=True,
+    bar = tqdm(total=options.epochs * steps_per_epoch, desc=desc, unit="step", leave=False, dynamic_ncols=True,
                disable=engine.rank != 0)
+
+    def next_retain() -> list[int]:
+        picked = []
+        while len(picked) < min(options.retain_per_step, len(rows)):
+            if not retain_order:
+                retain_order.extend(range(len(rows)))
+                retain_rng.shuffle(retain_order)
+            picked.append(retain_order.pop())
+        return picked
+
+    def step_loss(forward, idx: list[int], ridx: list[int], out: dict):
+        chosen = [examples[i] for i in idx]
+        batch = {k: v.to(device) for k, v in collate(chosen, pad).items()}
+        width = batch["input_ids"].shape[1]
+        extra = {}
+        if keep_logits:
+            extra["logits_to_keep"] = width - min(e["n_prompt"] for e in chosen) + 1
+        if cache is not None:
+            cache.feed(idx, width)
+        logits = forward(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False,
+                         **extra).logits
+        keep = extra.get("logits_to_keep", width)
+        loss, hit = edit_loss(logits[:, -keep:], batch["labels"])
+        out.update(ce=float(loss.detach()), hit=hit.tolist(), tokens=int(batch["attention_mask"].sum()))
+        if ridx:
+            # Subject prompts (KL on their last token) and long texts (every position) run as separate batches, so
+            # neither is padded to the other's width, and each computes the head only where the KL reads it.
+            groups = [g for g in ([j for j in ridx if rows[j].start > 0], [j for j in ridx if rows[j].start == 0]) if g]
+            total = 0.0
+            for group in groups:
+                inputs, read = kl_term.batch([rows[j] for j in group], pad)
+                inputs, read = {k: v.to(device) for k, v in inputs.items()}, read.to(device)
+                rwidth = inputs["input_ids"].shape[1]
+                if keep_logits:
+                    inputs["logits_to_keep"] = rwidth - min(rows[j].start for j in group)
+                feed = (lambda g=group, w=rwidth: cache.feed([len(examples) + j for j in g], w)) if cache else None
+                ref = reference.log_probs(group, inputs, read, before_forward=feed)
+                if feed is not None:
+                    feed()
+                edited = kl_term.log_probs_at(forward(**inputs, use_cache=False).logits, read)
+                total = total + kl_term.kl(ref, edited, read) * len(group)
+                out["tokens"] += int(inputs["attention_mask"].sum())
+            term = total / len(ridx)
+            out["kl"] = float(term.detach())
+            loss = loss + options.kl_weight * term
+        return loss
+
+    context = cache.active() if cache is not None else contextlib.nullcontext()
     try:
-        for epoch in range(1, epochs + 1):
-            # Every rank draws the same order from the same seed, so the shards partition it.
-            order = list(range(len(examples)))
-            rng.shuffle(order)
-            mine = shard(order, engine.rank, engine.world_size)
-            total, count, tokens = 0.0, 0, 0
-            for start in range(0, len(mine), micro):
-                batch = collate([examples[i] for i in mine[start:start + micro]], tokenizer.pad_token_id)
-                batch = {k: v.to(engine.device) for k, v in batch.items()}
-                loss = engine.step(batch)
-                if not math.isfinite(loss):
-                    raise TrainingDiverged(f"loss became {loss} at epoch {epoch}; lower the learning rate")
-                n = len(batch["input_ids"])
-                tokens += int(batch["attention_mask"].sum())
-                total += loss * n
-                count += n
-                bar.update(1)
-                bar.set_postfix(epoch=epoch, loss=f"{loss:.3f}")
-            total, count = engine.all_sum([total, float(count)])
-            record = {"epoch": epoch, "loss": total / max(count, 1), "tokens": tokens,
-                      "seconds": time.perf_counter() - t0}
-            history.append(record)
-            if ctx.on_epoch is not None:
-                ctx.on_epoch(epoch, record)
+        with context:
+            for epoch in range(1, options.epochs + 1):
+                # Every rank draws the same order from the same seed, so the shards partition it.
+                order = list(range(len(requests)))
+                rng.shuffle(order)
+                mine = shard(order, engine.rank, engine.world_size)
+                total, count, tokens, kl_sum, steps = 0.0, 0, 0, 0.0, 0
+                missed = [0.0] * len(requests)
+                for start in range(0, len(mine), micro):
+                    edits = mine[start:start + micro]
+                    idx = [i for e in edits for i in by_edit[e]]
+                    out: dict = {}
+                    ridx = next_retain() if rows else []
+                    loss = engine.step(lambda forward, idx=idx, ridx=ridx, out=out: step_loss(forward, idx, ridx, out))
+                    if not math.isfinite(loss):
+                        raise TrainingDiverged(f"loss became {loss} at epoch {epoch}; lower the learning rate")
+                    for i, ok in zip(idx, out["hit"]):
+                        if not ok:
+                            missed[texts.prompts[i].edit] += 1
+                    n = len(idx)
+                    tokens += out["tokens"]
+                    total += out["ce"] * n
+                    count += n
+                    kl_sum += out.get("kl", 0.0)
+                    steps += 1
+                    bar.update(1)
+                    bar.set_postfix(epoch=epoch, loss=f"{out['ce']:.3f}")
+                total, count, kl_sum, steps, *missed = engine.all_sum([total, float(count), kl_sum, float(steps), *missed])
+                learned = sum(1 for m in missed if m == 0) / max(len(requests), 1)
+                record = {"epoch": epoch, "loss": total / max(count, 1), "kl": kl_sum / steps if rows else None,
+                          "learned": learned, "tokens": tokens, "seconds": time.perf_counter() - t0}
+                history.append(record)
+                if ctx.on_epoch is not None:
+                    ctx.on_epoch(epoch, record)
+                streak = streak + 1 if learned == 1.0 else 0
+                if options.patience and streak >= options.patience:
+                    stop_reason = f"every edit's targets were the argmax for {options.patience} epoch(s)"
+                elif options.stop_loss is not None and record["loss"] < options.stop_loss:
+                    stop_reason = f"edit loss {record['loss']:.4g} < stop_loss {options.stop_loss:g}"
+                if stop_reason is not None:
+                    break
     finally:
         bar.close()
         engine.close()
         model.eval()
-    return history
+    summary.update(epochs_run=len(history), stopped_early=stop_reason is not None and len(history) < options.epochs,
+                   stop_reason=stop_reason)
+    return Trained(history, summary, prompts_record)
+

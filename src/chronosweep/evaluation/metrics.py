@@ -233,6 +233,8 @@ _COUNTS = [
      "(from the records under the cache's activity/ folder)"),
     ("load_average", "load average", "the node's 1-minute load average when the trial finished (other users' work "
      "included)"),
+    ("epochs_run", "epochs run", "training epochs the gradient methods ran (below their `epochs` when early stopping "
+     "ended training; null for ROME/MEMIT)"),
 ]
 for _name, _label, _meaning in _COUNTS:
     register(Metric(_name, _label, _meaning, "count", objective=False))

@@ -12,6 +12,8 @@ from chronosweep.core.errors import UserError
 from chronosweep.evaluation import metrics as registry
 from chronosweep.evaluation.objective import Objective
 from chronosweep.report import render as r
+from chronosweep.report.constraints import blocks as constraint_blocks
+from chronosweep.report.constraints import constraint_table
 from chronosweep.report.load import UNIT_METRICS, load_trials, load_units
 from chronosweep.report.stats import DEFAULT_OBJECTIVE, THIN, Bootstrap, parse_objective
 from chronosweep.report.tables import (
@@ -40,6 +42,8 @@ class ReportOptions:
     # '+'-joined metric names (their mean), or the sweep's own Objective.
     objective: str | Objective = DEFAULT_OBJECTIVE
     bootstrap: Bootstrap = field(default_factory=Bootstrap)
+    # metric -> bound in its better direction (evaluation.constraints): the "meeting the constraints" section.
+    constraints: dict = field(default_factory=dict)
     plots: bool = True
     progress: bool = True
 
@@ -49,6 +53,8 @@ class ReportResult:
     trials: pl.DataFrame
     tables: Tables
     files: list[Path]
+    # Finished trials against the constraints, best first (empty without constraints).
+    constrained: pl.DataFrame = field(default_factory=pl.DataFrame)
 
 
 def make_report(experiments: list[str | Path], out: str | Path, options: ReportOptions | None = None) -> ReportResult:
@@ -67,17 +73,18 @@ def make_report(experiments: list[str | Path], out: str | Path, options: ReportO
     df = add_pareto(df, options.by)
     tables = build_tables(df, options.by, loaded.config_columns, objective, units, options.bootstrap)
     tables.warnings = loaded.problems + unit_problems + warnings
+    constrained = constraint_table(df, options.constraints, loaded.config_columns)
 
     out = Path(out)
     (out / "plots").mkdir(parents=True, exist_ok=True)
     files = [out / "trials.parquet"]
     df.write_parquet(files[0])
     plots = make_plots(df, tables, out, objective) if options.plots else {}
-    blocks = summary_blocks(df, tables, options, [str(e) for e in experiments], plots)
+    blocks = summary_blocks(df, tables, options, [str(e) for e in experiments], plots, constrained)
     (out / "summary.md").write_text(r.to_markdown(blocks))
     (out / "summary.html").write_text(r.to_html(blocks, "chronosweep report"))
     files += [out / "summary.md", out / "summary.html", *(out / p for p in plots.values())]
-    named = {"trials": df, **tables.named()}
+    named = {"trials": df, **tables.named(), **({"constrained": constrained} if options.constraints else {})}
     for fmt in set(options.formats) - {"md"}:
         for name, table in named.items():
             path = out / f"{name}.{fmt}"
@@ -86,7 +93,7 @@ def make_report(experiments: list[str | Path], out: str | Path, options: ReportO
             else:
                 table.write_json(path)
             files.append(path)
-    return ReportResult(df, tables, files)
+    return ReportResult(df, tables, files, constrained)
 
 
 def resolve_objective(objective: str | Objective) -> Objective:
@@ -214,7 +221,7 @@ def window_bullets(tables: Tables, objective: Objective) -> list[str]:
 
 
 def summary_blocks(df: pl.DataFrame, tables: Tables, options: ReportOptions, experiments: list[str],
-                   plots: dict[tuple, str]) -> list[r.Block]:
+                   plots: dict[tuple, str], constrained: pl.DataFrame | None = None) -> list[r.Block]:
     counts = dict(df.group_by("status").len().iter_rows())
     boot = options.bootstrap
     level = f"{100 * boot.confidence:g}%"
@@ -237,6 +244,7 @@ def summary_blocks(df: pl.DataFrame, tables: Tables, options: ReportOptions, exp
             *(f"Data: {c}" for c in credits),
             f"Written {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}",
         ]),
+        *constraint_blocks(constrained if constrained is not None else pl.DataFrame(), options.constraints),
         r.Heading(2, "Best configuration per method"),
         r.Para("The trial with the highest objective per method, compared with the method's runner-up trial "
                "(`verdict`): the objective's difference with a paired bootstrap interval, each term resampled over "

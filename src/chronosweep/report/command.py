@@ -25,6 +25,10 @@ def register(sub) -> None:
     parser.add_argument("--objective", default=None,
                         help="metrics whose mean ranks trials, joined by '+' (default: the sweeps' own objective "
                              f"when they share one, else {DEFAULT_OBJECTIVE})")
+    parser.add_argument("--require", action="append", default=None, metavar="METRIC=BOUND",
+                        help="a bound the best configuration must meet, in the metric's better direction "
+                             "(reliability=0.95, edit_seconds_per_edit=0.9); repeatable; default: the sweeps' own "
+                             "constraints when they share them")
     parser.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples (default 1000)")
     parser.add_argument("--confidence", type=float, default=0.95, help="interval level (default 0.95)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
@@ -55,7 +59,52 @@ def sweep_objective(experiments: list[Path]):
     return next(iter(found.values())), ""
 
 
+def sweep_constraints(experiments: list[Path]) -> tuple[dict, str]:
+    """(the constraints the sweeps' files name, "") when they all agree, else ({}, why not)."""
+    import yaml
+
+    from chronosweep.evaluation import constraints as bounds
+
+    found = []
+    for folder in experiments:
+        spec = folder / "sweep.yaml"
+        if not spec.is_file():
+            return {}, f"{folder} is not a sweep (no sweep.yaml)"
+        raw = (yaml.safe_load(spec.read_text()) or {}).get("constraints") or {}
+        problems: list[str] = []
+        bounds.check("constraints", raw, problems)
+        if problems:
+            return {}, f"{spec}: {'; '.join(problems)}"
+        found.append(raw)
+    if any(f != found[0] for f in found):
+        return {}, "the sweeps' constraints differ"
+    return found[0] if found else {}, ""
+
+
+def _constraints(args: argparse.Namespace) -> dict:
+    from chronosweep.core.errors import UserError
+    from chronosweep.evaluation import constraints as bounds
+
+    if args.require is None:
+        found, why = sweep_constraints(list(args.experiments))
+        if found:
+            print(f"constraints: {bounds.describe(found)} (the sweep's own)")
+        elif why and "differ" in why:
+            print(f"constraints: none ({why}; --require sets them)")
+        return found
+    out = {}
+    for text in args.require:
+        try:
+            name, bound = bounds.parse_requirement(text)
+        except ValueError as err:
+            raise UserError(str(err)) from None
+        out[name] = bound
+    return out
+
+
 def cmd_report(args: argparse.Namespace) -> int:
+    import polars as pl
+
     from chronosweep.report import DEFAULT_OBJECTIVE
     from chronosweep.report.build import STATUSES, ReportOptions, make_report
     from chronosweep.report.stats import Bootstrap
@@ -69,7 +118,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         else:
             print(f"objective: {objective.describe()} (the sweep's own)")
     options = ReportOptions(by=list(dict.fromkeys(args.by)), formats=args.formats or ["md"], objective=objective,
-                            bootstrap=Bootstrap(args.bootstrap, args.seed, args.confidence), plots=not args.no_plots)
+                            bootstrap=Bootstrap(args.bootstrap, args.seed, args.confidence), plots=not args.no_plots,
+                            constraints=_constraints(args))
     result = make_report(args.experiments, args.out, options)
     counts = dict(result.trials.group_by("status").len().iter_rows())
     print(f"{result.trials.height} trials: " + ", ".join(f"{counts.get(s, 0)} {s}"
@@ -83,6 +133,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"  best {where}: objective {row['objective']:.4f} ({row['trial']}{verdict})".replace("**", ""))
     for line in result.tables.no_best_window:
         print(f"  {line}")
+    if options.constraints:
+        meeting = result.constrained.filter(pl.col("meets")) if result.constrained.height else result.constrained
+        print(f"  best meeting {len(options.constraints)} constraints: "
+              + (f"{meeting['trial'][0]} ({meeting['method'][0]})" if meeting.height else "none"))
     for warning in result.tables.warnings:
         print(f"  warning: {warning}")
     print(f"report: {Path(args.out).resolve() / 'summary.md'}")

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from chronosweep.core.models import ModelInfo
 from chronosweep.core.typed import ConfigError, build, set_dotted
 from chronosweep.editing.registry import METHODS
+from chronosweep.evaluation.constraints import check as check_constraints
 from chronosweep.evaluation.objective import Objective
 from chronosweep.sweep.resources import Resources
 from chronosweep.sweep.space import Categorical, Condition, FloatRange, IntRange, Param, Space, Window, order_params
@@ -80,6 +81,8 @@ class SweepFile:
     resources: Resources = field(default_factory=Resources)
     objective: Objective = field(default_factory=lambda: Objective(metric="reliability"))
     early_stopping: EarlyStopping | None = None
+    # metric -> bound in its better direction: the report names the best trial meeting them all (or says none does).
+    constraints: dict = field(default_factory=dict)
     # Retries of a failed trial before it is recorded as failed (OOM on a busy node may pass on a retry).
     max_failures: int = 0
     description: str = ""
@@ -141,6 +144,7 @@ def parse_sweep(raw: dict, source: str, resolve_model=None) -> SweepSpec:
         problems.extend(f"base.{p}" for p in err.problems)
         base_cfg = None
 
+    check_constraints("constraints", sweep.constraints, problems)
     params = [p for key, spec in sweep.space.items() if (p := _parse_param(str(key), spec, problems)) is not None]
     params = order_params(params, problems, "space")
     _check_keys(params, problems)

@@ -246,6 +246,10 @@ class Result:
     edited_layers: list[int] = field(default_factory=list)
     # metrics.json entries only this protocol has.
     extra: dict = field(default_factory=dict)
+    # metrics.json's "training" (the last step's summary, epochs summed over steps) and every text trained on in
+    # any step (training_prompts.json; the disjointness check reads them all).
+    training: dict = field(default_factory=dict)
+    training_prompts: dict | None = None
 
     @property
     def edit_seconds(self) -> float:
@@ -282,6 +286,34 @@ def _tag(history: list[dict], step: int, epochs: list[int]) -> list[dict]:
     return rows
 
 
+class Trained:
+    """What the gradient methods trained on, gathered over a protocol's steps."""
+
+    def __init__(self) -> None:
+        self.summary: dict = {}
+        self.prompts: dict | None = None
+        self.epochs = 0
+        self.steps = 0
+
+    def add(self, outcome, step: int | None = None) -> None:
+        if not outcome.training and not outcome.training_prompts:
+            return
+        self.steps += 1
+        self.epochs += outcome.training.get("epochs_run") or 0
+        self.summary = dict(outcome.training)
+        if outcome.training_prompts:
+            self.prompts = self.prompts or {}
+            for key, rows in outcome.training_prompts.items():
+                tagged = rows if step is None else [{**r, "protocol_step": step} for r in rows]
+                self.prompts.setdefault(key, []).extend(tagged)
+
+    def fill(self, result: Result) -> Result:
+        if self.steps > 1:
+            self.summary.update(epochs_run=self.epochs, protocol_steps=self.steps)
+        result.training, result.training_prompts = self.summary, self.prompts
+        return result
+
+
 def run(protocol: str, s: Setting, **kwargs) -> Result:
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
@@ -296,8 +328,10 @@ def run_batch(s: Setting) -> Result:
     with evaluation.timed():
         post = s.measure(outcome.model, s.probes, "post-edit")
     rows = merged_rows(s.probes, s.pre, [(list(range(len(s.probes))), post)])
-    return Result(outcome, rows, list(outcome.history), edit, evaluation,
-                  edited_modules=list(outcome.edited_modules), edited_layers=list(outcome.edited_layers))
+    trained = Trained()
+    trained.add(outcome)
+    return trained.fill(Result(outcome, rows, list(outcome.history), edit, evaluation,
+                               edited_modules=list(outcome.edited_modules), edited_layers=list(outcome.edited_layers)))
 
 
 def run_single(s: Setting) -> Result:
@@ -311,6 +345,7 @@ def run_single(s: Setting) -> Result:
     outcome = None
     groups = units(s.requests)
     model = s.model
+    trained = Trained()
     for step, group in enumerate(groups):
         reqs = [s.requests[i] for i in group]
         # Every edit starts from the same seed on the same model: what one process per edit would do.
@@ -318,6 +353,7 @@ def run_single(s: Setting) -> Result:
         with edit.timed():
             outcome = s.implementation.edit(model, s.tokenizer, reqs, s.options, _with_step(s.ctx, step, epochs))
         history += _tag(outcome.history, step, epochs)
+        trained.add(outcome, step)
         modules.update(dict.fromkeys(outcome.edited_modules))
         layers.update(outcome.edited_layers)
         cases = {m.case_id for r in reqs for m in r.multihop_cases}
@@ -327,9 +363,9 @@ def run_single(s: Setting) -> Result:
         evaluations.append((idx, post))
         model = restorer.restore(outcome)
     rows = merged_rows(s.probes, s.pre, evaluations)
-    return Result(outcome, rows, history, edit, evaluation, edited_model_kept=False,
-                  edited_modules=sorted(modules), edited_layers=sorted(layers),
-                  extra={"n_evaluations": len(evaluations)})
+    return trained.fill(Result(outcome, rows, history, edit, evaluation, edited_model_kept=False,
+                               edited_modules=sorted(modules), edited_layers=sorted(layers),
+                               extra={"n_evaluations": len(evaluations)}))
 
 
 def _resume(implementation, previous, tokenizer, requests, options, ctx):
@@ -352,6 +388,7 @@ def run_sequential(s: Setting, eval_every: int | None = None, order: str = "auto
     applied: list[EditRequest] = []
     since: list[EditRequest] = []
     final_rows: list[dict] = []
+    trained = Trained()
     s.reseed()
     for step, i in enumerate(indices):
         req = s.requests[i]
@@ -362,6 +399,7 @@ def run_sequential(s: Setting, eval_every: int | None = None, order: str = "auto
             else:
                 outcome = _resume(s.implementation, outcome, s.tokenizer, [req], s.options, ctx)
         history += _tag(outcome.history, step, epochs)
+        trained.add(outcome, step)
         modules.update(dict.fromkeys(outcome.edited_modules))
         layers.update(outcome.edited_layers)
         applied.append(req)
@@ -393,5 +431,5 @@ def run_sequential(s: Setting, eval_every: int | None = None, order: str = "auto
         # Each edit scored at the first checkpoint after it was applied (right after it, with eval_every 1);
         # locality averaged over the checkpoints.
         extra["immediate"] = metrics_of(merged_rows(s.probes, s.pre, fresh))
-    return Result(outcome, final_rows, history, edit, evaluation, edited_modules=sorted(modules),
-                  edited_layers=sorted(layers), extra=extra)
+    return trained.fill(Result(outcome, final_rows, history, edit, evaluation, edited_modules=sorted(modules),
+                               edited_layers=sorted(layers), extra=extra))

@@ -46,7 +46,8 @@ def prepare_run_dir(run_dir: Path, force: bool) -> None:
     refuse_finished(run_dir, force)
     run_dir.mkdir(parents=True, exist_ok=True)
     # metrics.json.tmp: what a run killed while writing its metrics left behind.
-    for name in ("metrics.json", "metrics.json.tmp", "error.txt", "predictions.jsonl", "history.jsonl"):
+    for name in ("metrics.json", "metrics.json.tmp", "error.txt", "predictions.jsonl", "history.jsonl",
+                 "training_prompts.json"):
         (run_dir / name).unlink(missing_ok=True)
 
 
@@ -119,6 +120,26 @@ def _versions() -> dict:
             "chronosweep": __version__}
 
 
+def held_out_prompts(probes) -> tuple[str, ...]:
+    """Every evaluation prompt but the edit prompts (rewrite probes), which are what an edit trains on."""
+    seen: dict[str, None] = {}
+    for p in probes:
+        if p.kind != "rewrite":
+            for q in (p.prompt, *p.questions):
+                seen.setdefault(q, None)
+    return tuple(seen)
+
+
+def training_overlaps(prompts: dict, held_out: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(trained text, evaluation prompt) pairs that overlap; the bare edit prompts are the edits themselves."""
+    from chronosweep.editing.retain import HeldOut
+
+    guard = HeldOut(held_out)
+    texts = [e["prompt"] for e in prompts.get("examples", []) if e.get("source") != "prompt"]
+    texts += [r["text"] for r in prompts.get("retain", [])]
+    return [(t, hit) for t in texts if (hit := guard.hit(t)) is not None]
+
+
 def run_trial(cfg: TrialConfig, run_dir: Path | str, on_epoch: Callable[[int, dict], None] | None = None,
               force: bool = False, progress: Callable[[str], None] = print) -> dict:
     """Run one edit trial and write config.yaml, predictions.jsonl, history.jsonl, metrics.json into run_dir."""
@@ -182,8 +203,10 @@ def _execute(cfg, run_dir, method, info, edits, on_epoch, progress) -> dict:
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    held_out = held_out_prompts(probes)
     ctx = EditContext(runtime=cfg.runtime(), info=info, device=device, dtype=dtype,
-                      run_dir=run_dir if cfg.save_artifacts else None, cache_dir=cache_dir(), on_epoch=on_epoch)
+                      run_dir=run_dir if cfg.save_artifacts else None, cache_dir=cache_dir(), on_epoch=on_epoch,
+                      held_out=held_out)
     setting = protocols.Setting(
         model=model, tokenizer=tokenizer, requests=edits.requests, probes=probes, pre=pre,
         implementation=method.load(), options=cfg.options, ctx=ctx,
@@ -198,6 +221,15 @@ def _execute(cfg, run_dir, method, info, edits, on_epoch, progress) -> dict:
     # Under single the model is back to the unedited one: there is no edited model to save.
     if cfg.save_artifacts and outcome.save is not None and result.edited_model_kept:
         outcome.save(run_dir)
+    training = dict(result.training)
+    if result.training_prompts:
+        # Checked here, by the owner of the probes, not only inside the method.
+        overlaps = training_overlaps(result.training_prompts, held_out)
+        if overlaps:
+            raise RuntimeError(f"{cfg.method} trained on evaluation probes: {overlaps[:3]}")
+        training.update(disjoint_from_eval=True, eval_prompts_checked=len(held_out))
+        (run_dir / "training_prompts.json").write_text(json.dumps(result.training_prompts, indent=1,
+                                                                  ensure_ascii=False))
 
     rows = result.rows
     metrics, pre_metrics = protocols.metrics_of(rows, "post"), protocols.metrics_of(rows, "pre")
@@ -248,6 +280,8 @@ def _execute(cfg, run_dir, method, info, edits, on_epoch, progress) -> dict:
         **cost.cost_fields(result.edit_cpu_seconds, result.eval_cpu_seconds, edit_seconds, n, n_gpus,
                             activity.finish()),
         "threads": torch.get_num_threads(),
+        "epochs_run": training.get("epochs_run"),
+        "training": training,
         "history": result.history,
         "config": cfg.to_dict(),
         "versions": _versions(),

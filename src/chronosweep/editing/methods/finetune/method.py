@@ -37,11 +37,12 @@ def set_trainable(model, info: ModelInfo, layers: list[int] | None, modules: Lit
 
 def _train_in_place(model, tokenizer, requests, options, ctx: EditContext, trainable: int, desc: str) -> EditOutcome:
     names = [n for n, p in model.named_parameters() if p.requires_grad]
-    history = train_on_edits(model, tokenizer, requests, options, ctx, desc=desc)
+    trained = train_on_edits(model, tokenizer, requests, options, ctx, desc=desc, prefix_cache=options.prefix_cache)
 
     modules, layers = edited(names, ctx.info)
-    return EditOutcome(model=model, trainable_params=trainable, history=history, save=save_params(model, names),
-                       edited_modules=modules, edited_layers=layers)
+    return EditOutcome(model=model, trainable_params=trainable, history=trained.history, save=save_params(model, names),
+                       edited_modules=modules, edited_layers=layers, training=trained.summary,
+                       training_prompts=trained.prompts)
 
 
 class Full:

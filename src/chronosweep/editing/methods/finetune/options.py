@@ -9,7 +9,18 @@ from chronosweep.editing.options import LayerWindow, TrainingOptions, opt
 
 
 @dataclass
-class FullOptions(LayerWindow, TrainingOptions):
+class InPlaceOptions(LayerWindow, TrainingOptions):
+    """Full and freeze tuning change the model's own weights: the unedited distributions can only be read once."""
+
+    def check(self, where: str, problems: list[str]) -> None:
+        super().check(where, problems)
+        if self.kl_reference == "live":
+            problems.append(f"{where}.kl_reference: live needs an adapter to switch off; {where} changes the model's "
+                            "own weights, so its reference is read once before training (use once or auto)")
+
+
+@dataclass
+class FullOptions(InPlaceOptions):
     # null trains every weight (embeddings, tied head and final norm included); a start trains every
     # parameter of layers start..start+width-1 only.
     layer_start: int | None = opt(None, "first layer of the window whose every parameter trains; null trains "
@@ -22,7 +33,7 @@ class FullOptions(LayerWindow, TrainingOptions):
 
 
 @dataclass
-class FreezeOptions(LayerWindow, TrainingOptions):
+class FreezeOptions(InPlaceOptions):
     layer_start: int | None = opt(12, "first layer of the trainable window; null makes every layer's chosen "
                                       "modules trainable")
     layer_width: int = 6

@@ -26,17 +26,21 @@ class LoRA:
         peft_model = get_peft_model(model, peft_config)
         names = [n for n, p in peft_model.named_parameters() if p.requires_grad]
         trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-        history = train_on_edits(peft_model, tokenizer, requests, options, ctx, desc="lora")
+        trained = train_on_edits(peft_model, tokenizer, requests, options, ctx, desc="lora",
+                                 prefix_cache=options.prefix_cache)
 
         def save(folder: Path) -> None:
             peft_model.save_pretrained(folder / "adapter")
 
         modules, layers = edited(names, ctx.info)
         # unload() swaps the LoRA layers back for the modules they wrapped (nothing merged into the weights).
-        return EditOutcome(model=peft_model, trainable_params=trainable, history=history, save=save,
-                           edited_modules=modules, edited_layers=layers, detach=peft_model.unload)
+        return EditOutcome(model=peft_model, trainable_params=trainable, history=trained.history, save=save,
+                           edited_modules=modules, edited_layers=layers, detach=peft_model.unload,
+                           training=trained.summary, training_prompts=trained.prompts)
 
     def resume(self, previous: EditOutcome, tokenizer, requests, options: LoraOptions, ctx: EditContext) -> EditOutcome:
         """Sequential editing: the same adapter trains on the next edits."""
-        history = train_on_edits(previous.model, tokenizer, requests, options, ctx, desc="lora")
-        return dataclasses.replace(previous, history=history)
+        trained = train_on_edits(previous.model, tokenizer, requests, options, ctx, desc="lora",
+                                 prefix_cache=options.prefix_cache)
+        return dataclasses.replace(previous, history=trained.history, training=trained.summary,
+                                   training_prompts=trained.prompts)

@@ -93,18 +93,20 @@ class Ptuning:
         peft_model.prompt_encoder.to(device=ctx.device, dtype=ctx.dtype)
         names = [n for n, p in peft_model.named_parameters() if p.requires_grad]
         trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-        history = train_on_edits(peft_model, tokenizer, requests, options, ctx, desc="ptuning")
+        trained = train_on_edits(peft_model, tokenizer, requests, options, ctx, desc="ptuning")
 
         def save(folder: Path) -> None:
             # peft stores the encoder's output (the virtual-token embeddings), which is all inference needs.
             peft_model.save_pretrained(folder / "adapter")
 
         modules, layers = edited(names, ctx.info)
-        return EditOutcome(model=VirtualPromptLM(peft_model), trainable_params=trainable, history=history, save=save,
-                           edited_modules=modules, edited_layers=layers, detach=peft_model.get_base_model)
+        return EditOutcome(model=VirtualPromptLM(peft_model), trainable_params=trainable, history=trained.history,
+                           save=save, edited_modules=modules, edited_layers=layers, detach=peft_model.get_base_model,
+                           training=trained.summary, training_prompts=trained.prompts)
 
     def resume(self, previous: EditOutcome, tokenizer, requests, options: PtuningOptions,
                ctx: EditContext) -> EditOutcome:
         """Sequential editing: the same prompt encoder trains on the next edits."""
-        history = train_on_edits(previous.model.peft_model, tokenizer, requests, options, ctx, desc="ptuning")
-        return dataclasses.replace(previous, history=history)
+        trained = train_on_edits(previous.model.peft_model, tokenizer, requests, options, ctx, desc="ptuning")
+        return dataclasses.replace(previous, history=trained.history, training=trained.summary,
+                                   training_prompts=trained.prompts)

@@ -126,7 +126,7 @@ def test_lora_and_rome_memory_by_hand():
     assert (lora.adapters, lora.gradients, lora.optimizer) == (4 * adapter, 4 * adapter, 8 * adapter)
     # Only layer 1 is on the gradient path; its MLP adapters keep the shared gate/up input (8) and down's (16).
     assert lora.activations == 10 * (layer_activation_bytes(TOY, 4, trained=False) + (8 + 16) * 4)
-    rome = estimate_trial(_cfg("rome", rome={"layer": 1, "n_prefixes": 0}), TOY, TOY_LENGTHS, Device(kind="cpu"),
+    rome = estimate_trial(_cfg("rome", rome={"layer": 1, "context_templates": []}), TOY, TOY_LENGTHS, Device(kind="cpu"),
                           stats_cached=True).memory
     # C in fp64 and the solve's workspace: 2 x 16 x 16 x 8 bytes.
     assert rome.statistics == 2 * 16 * 16 * 8 and rome.optimizer == 0
@@ -150,7 +150,7 @@ def test_dry_run_of_the_methods_sweep_on_llama2_7b_needs_no_network(monkeypatch,
     assert code == 0
     lines = out.splitlines()
     rows = [line for line in lines if line[:2].strip().isdigit()]
-    assert len(rows) == 6 and all("meta-llama/Llama-2-7b-hf" in r for r in rows)
+    assert len(rows) == 8 and all("meta-llama/Llama-2-7b-hf" in r for r in rows)
     # Full fine-tuning of 6.7B parameters with DeepSpeed bf16 needs 16+ bytes per parameter: not on one 80 GB GPU.
     assert "warning: trial 3 (method=full)" in out and "will not fit" in out
     assert sum("warning:" in line for line in lines) == 1
@@ -263,4 +263,24 @@ def test_the_dry_run_loads_neither_torch_nor_ray():
             "'--set', 'base.model=meta-llama/Llama-2-7b-hf']); "
             "print('LOADED', sorted(m for m in ('torch', 'ray', 'transformers', 'polars') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert "LOADED []" in out and "total: 6 trial(s)" in out
+    assert "LOADED []" in out and "total: 8 trial(s)" in out
+
+
+def test_protocols_repeat_the_work_they_repeat():
+    import dataclasses
+
+    from chronosweep.sweep.estimate import eval_repeats, work
+
+    # 4 edits, a quarter of the probes locality probes.
+    lengths = dataclasses.replace(TOY_LENGTHS, locality_share=0.25)
+    batch, single = _cfg("lora"), _cfg("lora", protocol="single")
+    sequential = _cfg("lora", protocol="sequential", eval_every=2)
+    assert eval_repeats(batch, lengths) == 1.0
+    # single: every probe once, then the locality quarter again after each of the other 3 edits.
+    assert eval_repeats(single, lengths) == pytest.approx(1 + 3 * 0.25)
+    # sequential every 2 of 4 edits: 2 checkpoints, the first scoring locality and half the edits' probes.
+    assert eval_repeats(sequential, lengths) == pytest.approx(1 + 1 * (0.25 + 0.75 / 2))
+    w_batch, w_single = work(batch, TOY, lengths, "cpu"), work(single, TOY, lengths, "cpu")
+    assert w_single["eval"] == pytest.approx(w_batch["eval"] * 1.75)
+    # lora's batch_size 8 takes the 4 edits in one step per epoch; single trains each edit alone: 4 steps per epoch.
+    assert w_single["edit_layer_passes"] == pytest.approx(4 * w_batch["edit_layer_passes"])

@@ -183,6 +183,38 @@ def find_subject(prompt: str, subject: str) -> tuple[int, int] | None:
     return None if at < 0 or not subject else (at, at + len(subject))
 
 
+def sample_texts(model, tokenizer, seeds: list[str], seed: int, device, *, new_tokens: int | None = None,
+                 length: int | None = None) -> list[str]:
+    """One text per seed word, sampled by the model itself (top-5, seeded): new_tokens tokens after the seed, or
+    length tokens counting the seed's own (ROME's way of counting)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    encoded = [tokenizer(s, add_special_tokens=True)["input_ids"] for s in seeds]
+    width = max(len(e) for e in encoded)
+    # Left padding so every row generates from its last real token.
+    ids = torch.full((len(seeds), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seeds), width), dtype=torch.long)
+    for i, e in enumerate(encoded):
+        ids[i, width - len(e):] = torch.tensor(e)
+        mask[i, width - len(e):] = 1
+    devices = [device] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), torch.no_grad():
+        torch.manual_seed(seed)
+        gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True, top_k=5,
+                             max_new_tokens=new_tokens if new_tokens is not None else max(1, length - width),
+                             pad_token_id=pad)
+    return [" ".join(tokenizer.decode(gen[i, width - len(e):], skip_special_tokens=True).split())
+            for i, e in enumerate(encoded)]
+
+
+def generate_prefixes(model, tokenizer, n: int, length: int, seed: int, device) -> list[str]:
+    """n short texts the model samples (seed words in turn, `length` new tokens each): the gradient methods'
+    context prefixes and sampled retain texts."""
+    if n == 0:
+        return []
+    return sample_texts(model, tokenizer, [PREFIX_SEEDS[i % len(PREFIX_SEEDS)] for i in range(n)], seed, device,
+                        new_tokens=length)
+
+
 def context_prefixes(model, tokenizer, templates, seed: int, device) -> list[list[str]]:
     """Short texts the model samples itself (top-5, seeded), one list per (length, count) pair of templates.
 
@@ -191,32 +223,14 @@ def context_prefixes(model, tokenizer, templates, seed: int, device) -> list[lis
     counts them. The texts are used as '<prefix>. <prompt>' contexts of an edit.
     """
     out = []
-    devices = [device] if torch.device(device).type == "cuda" else []
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     for group, (length, count) in enumerate(templates):
         if count <= 0:
             out.append([])
             continue
         seeds = [s for s in PREFIX_SEEDS for _ in range(count // len(PREFIX_SEEDS))]
         seeds += list(PREFIX_SEEDS[: count % len(PREFIX_SEEDS)])
-        encoded = [tokenizer(s, add_special_tokens=True)["input_ids"] for s in seeds]
-        width = max(len(e) for e in encoded)
-        # Left padding so every row generates from its last real token.
-        ids = torch.full((count, width), pad, dtype=torch.long)
-        mask = torch.zeros((count, width), dtype=torch.long)
-        for i, e in enumerate(encoded):
-            ids[i, width - len(e):] = torch.tensor(e)
-            mask[i, width - len(e):] = 1
-        with torch.random.fork_rng(devices=devices), torch.no_grad():
-            # Each group its own stream, so adding a group leaves the others' texts as they were.
-            torch.manual_seed(seed + group)
-            gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True, top_k=5,
-                                 max_new_tokens=max(1, length - width), pad_token_id=pad)
-        texts = []
-        for i in range(count):
-            text = tokenizer.decode(gen[i, width - len(encoded[i]):], skip_special_tokens=True)
-            texts.append(" ".join(text.split()))
-        out.append(texts)
+        # Each group its own stream, so adding a group leaves the others' texts as they were.
+        out.append(sample_texts(model, tokenizer, seeds, seed + group, device, length=length))
     return out
 
 

@@ -55,6 +55,12 @@ class LocateOptions(Options):
         if self.uses_stats():
             check_corpus(where, self.stats_corpus, problems)
 
+    def check_environment(self, where: str, problems: list[str]) -> None:
+        super().check_environment(where, problems)
+        if self.uses_stats() and self.stats_corpus.startswith("hf:") and importlib.util.find_spec("datasets") is None:
+            problems.append(f"{where}.stats_corpus: {self.stats_corpus!r} needs the `datasets` package (pip install "
+                            "datasets) and network access; use 'model' or a text file offline")
+
     def check_model(self, where: str, info: ModelInfo, problems: list[str]) -> None:
         super().check_model(where, info, problems)
         if check_arch(where, info, problems) and self.v_loss_layer is not None:
@@ -68,9 +74,6 @@ def check_corpus(where: str, corpus: str, problems: list[str]) -> None:
     if corpus.startswith("hf:"):
         if len(corpus) <= 3:
             problems.append(f"{where}.stats_corpus: 'hf:' needs a dataset name, e.g. hf:wikitext:wikitext-103-raw-v1")
-        elif importlib.util.find_spec("datasets") is None:
-            problems.append(f"{where}.stats_corpus: {corpus!r} needs the `datasets` package (pip install datasets) "
-                            "and network access; use 'model' or a text file offline")
     elif corpus != "model" and not Path(corpus).expanduser().is_file():
         problems.append(f"{where}.stats_corpus: {corpus!r} is neither 'model', 'hf:NAME' nor an existing text file")
 

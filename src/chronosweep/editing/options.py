@@ -41,6 +41,10 @@ class Options:
     def check_model(self, where: str, info: ModelInfo, problems: list[str]) -> None:
         """Append problems of these options on this model (layers that do not exist ...)."""
 
+    def check_environment(self, where: str, problems: list[str]) -> None:
+        """Append what this machine lacks for these options (an optional package ...). Checked where the trial
+        runs, before its model loads: a sweep's driver, or a dry run sizing a cluster, may lack what workers have."""
+
 
 def at_least(where: str, obj, names: tuple[str, ...], low: float, problems: list[str], strict: bool = False) -> None:
     for name in names:

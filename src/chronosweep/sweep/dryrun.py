@@ -130,7 +130,7 @@ def _lengths(model: str, shape: ModelShape, data_json: str, eval_json: str, suff
     return Lengths(n_edits=len(reqs), train_max=max(train), train_mean=statistics.fmean(train),
                    n_generate=len(generate), generate_max=max(generate), n_teacher=len(teacher),
                    teacher_max=max(teacher), locate_max=max(train), kl_max=max(kl), target_mean=statistics.fmean(targets),
-                   source=source)
+                   source=source, locality_share=sum(p.kind == "locality" for p in probes) / max(len(probes), 1))
 
 
 # ---------------------------------------------------------------- earlier runs

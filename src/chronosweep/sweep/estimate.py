@@ -76,6 +76,8 @@ class Lengths:
     # Target tokens per edit, on average (positions the locate loss reads).
     target_mean: float
     source: str = "tokenizer"
+    # Share of the evaluation's probes that are locality probes (the ones every `single` step scores again).
+    locality_share: float = 0.0
 
 
 @dataclass
@@ -140,6 +142,13 @@ def resolve_engine(engine: str, device: str) -> str:
 def _window(options, shape: ModelShape) -> list[int]:
     layers = options.window_layers() if hasattr(options, "window_layers") else None
     return list(range(shape.num_layers)) if layers is None else layers
+
+
+def algorithm(method: str) -> str:
+    """The published algorithm a registered method implements (rome-preserve costs what rome does)."""
+    from chronosweep.editing.registry import get_spec
+
+    return get_spec(method).algorithm or method
 
 
 def trainable(method: str, options, shape: ModelShape) -> dict:
@@ -243,7 +252,7 @@ def estimate_trial(cfg, shape: ModelShape, lengths: Lengths, device: Device, wor
 
     stats_cached: ROME/MEMIT find their key statistics in the cache (else computing them is part of the peak).
     """
-    method, options = cfg.method, cfg.options
+    method, options = algorithm(cfg.method), cfg.options
     precision = resolve_precision(cfg.precision, device.kind)
     engine = resolve_engine(cfg.engine, device.kind)
     e = BYTES[precision]
@@ -342,9 +351,10 @@ def estimate_trial(cfg, shape: ModelShape, lengths: Lengths, device: Device, wor
                     + sample_rows * shape.vocab_size * 4)
         # Solving with C: C in fp64 and the solve's workspace (MEMIT also forms lambda*C + K Kᵀ).
         mem.statistics = (2 if method == "rome" else 3) * width * width * 8
-        per_edit_rows = 1 + options.n_prefixes
+        n_ctx, ctx_len, _ = contexts(options)
+        per_edit_rows = 1 + n_ctx
         n_batch = 1 if method == "rome" else min(options.batch_size, lengths.n_edits)
-        length = lengths.locate_max + (options.prefix_tokens + 2 if options.n_prefixes else 0)
+        length = lengths.locate_max + (ctx_len + 2 if n_ctx else 0)
         row_tokens = n_batch * (per_edit_rows * length + lengths.kl_max)
         start = options.layer if method == "rome" else top + 1
         path = sum(layer_activation_bytes(shape, e, trained=False, gqa=gqa) for _ in range(start, shape.num_layers))
@@ -377,11 +387,18 @@ def matmul_params(shape: ModelShape, layers: range | list[int] | None = None) ->
     return len(layers) * shape.layer_params() + shape.vocab_size * shape.hidden_size
 
 
+def contexts(options) -> tuple[int, int, int]:
+    """ROME/MEMIT's context templates: (texts put before each prompt, the longest in tokens, tokens generated one
+    at a time to sample them: each [length, count] group is sampled as one batch)."""
+    pairs = [tuple(p) for p in (options.context_templates or [])]
+    return sum(c for _, c in pairs), max((n for n, _ in pairs), default=0), sum(n for n, _ in pairs)
+
+
 def work(cfg, shape: ModelShape, lengths: Lengths, device_kind: str) -> dict[str, float]:
     """What each phase does: FLOPs of matrix work (edit, edit_fp64, eval, stats) and passes, counted in decoder
     layers a forward or backward pass goes through (edit_layer_passes, eval_layer_passes, stats_layer_passes), each
     of which reads that layer's weights once and pays a fixed launch cost."""
-    method, options = cfg.method, cfg.options
+    method, options = algorithm(cfg.method), cfg.options
     train = trainable(method, options, shape)
     layers_n = shape.num_layers
     out: dict[str, float] = {"edit": 0.0, "edit_fp64": 0.0, "eval": 0.0, "stats": 0.0, "edit_layer_passes": 0.0,
@@ -392,12 +409,14 @@ def work(cfg, shape: ModelShape, lengths: Lengths, device_kind: str) -> dict[str
         tokens = options.epochs * lengths.n_edits * (lengths.train_mean + virtual)
         path = matmul_params(shape, range(train["lowest"], layers_n))
         out["edit"] = tokens * (2 * p_all + 2 * path + 2 * train["params"])
-        steps = options.epochs * math.ceil(lengths.n_edits / options.batch_size)
+        # Under single and sequential every edit trains on its own: one step per edit and epoch.
+        per_step = options.batch_size if cfg.protocol == "batch" else 1
+        steps = options.epochs * math.ceil(lengths.n_edits / per_step)
         out["edit_layer_passes"] = steps * (layers_n + (layers_n - train["lowest"]))
     else:
         steps = options.v_num_grad_steps
-        n_pref = options.n_prefixes
-        length = lengths.locate_max + (options.prefix_tokens + 2 if n_pref else 0)
+        n_pref, ctx_len, ctx_tokens = contexts(options)
+        length = lengths.locate_max + (ctx_len + 2 if n_pref else 0)
         row_tokens = lengths.n_edits * ((1 + n_pref) * length + lengths.kl_max)
         edited = [options.layer] if method == "rome" else list(options.layers)
         start = options.layer if method == "rome" else max(edited) + 1
@@ -412,9 +431,10 @@ def work(cfg, shape: ModelShape, lengths: Lengths, device_kind: str) -> dict[str
         out["edit_fp64"] = len(edited) * (2 / 3) * width**3 * (1 if method == "memit" else lengths.n_edits)
         # Target optimisation: ROME one edit at a time, MEMIT a batch at a time, through the layers above the site
         # and back; then the key-recording passes; and generating the context prefixes token by token.
-        groups = lengths.n_edits if method == "rome" else math.ceil(lengths.n_edits / options.batch_size)
+        one_at_a_time = method == "rome" or cfg.protocol != "batch"
+        groups = lengths.n_edits if one_at_a_time else math.ceil(lengths.n_edits / options.batch_size)
         out["edit_layer_passes"] = (groups * steps * 2 * (layers_n - start) + groups * 3 * layers_n
-                                    + len(edited) * groups * layers_n + options.prefix_tokens * layers_n)
+                                    + len(edited) * groups * layers_n + ctx_tokens * layers_n)
         # Statistics: the corpus forward up to the deepest layer, after sampling it token by token.
         samples = options.stats_samples
         deepest = max(edited) + 1
@@ -432,7 +452,24 @@ def work(cfg, shape: ModelShape, lengths: Lengths, device_kind: str) -> dict[str
     generate_batches = math.ceil(lengths.n_generate / eb) if lengths.n_generate else 0
     teacher_batches = math.ceil(lengths.n_teacher / eb) if lengths.n_teacher else 0
     out["eval_layer_passes"] = (generate_batches * cfg.eval.max_new_tokens + teacher_batches) * layers_n
+    factor = eval_repeats(cfg, lengths)
+    out["eval"] *= factor
+    out["eval_layer_passes"] *= factor
     return out
+
+
+def eval_repeats(cfg, lengths: Lengths) -> float:
+    """How many times the whole evaluation's work the protocol does: single scores each edit's probes once and
+    every locality probe after every edit; sequential scores the locality probes and the edits applied so far at
+    every checkpoint (eval_every)."""
+    n = max(lengths.n_edits, 1)
+    if cfg.protocol == "single":
+        return 1 + (n - 1) * lengths.locality_share
+    if cfg.protocol == "sequential" and cfg.eval_every:
+        checkpoints = math.ceil(n / cfg.eval_every)
+        # On average half the edits are applied at a checkpoint before the last.
+        return 1 + (checkpoints - 1) * (lengths.locality_share + (1 - lengths.locality_share) / 2)
+    return 1.0
 
 
 def _phase_seconds(flops: float, layer_passes: float, shape: ModelShape, device: Device, rate: float,

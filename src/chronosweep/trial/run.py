@@ -69,6 +69,7 @@ def plan(cfg: TrialConfig):
     cfg.applied_preset = apply_preset(cfg, info, problems)
     if not problems:
         cfg.options.check_model(cfg.method, info, problems)
+        cfg.options.check_environment(cfg.method, problems)
     try:
         edits = load_edits(cfg.data)
         if cfg.protocol == "sequential":

@@ -134,3 +134,16 @@ def test_report_never_names_a_tie_at_zero_best(tmp_path):
     picked = result.tables.best_windows.filter(pl.col("metric") == "reliability").row(0, named=True)
     assert picked["window"] == "1-2" and picked["value"] == 0.5
     assert result.tables.methods["basis"].to_list() == ["best of 3 trials"]
+
+
+def test_each_protocol_step_is_judged_on_its_own_losses():
+    from chronosweep.trial.health import loss_verdict
+
+    # Two edits trained one at a time: the second starts lower than the first ended, and each one's loss falls.
+    steps = [{"epoch": 1, "loss": 3.0, "protocol_step": 0}, {"epoch": 2, "loss": 0.5, "protocol_step": 0},
+             {"epoch": 3, "loss": 0.2, "protocol_step": 1}, {"epoch": 4, "loss": 0.1, "protocol_step": 1}]
+    assert loss_verdict(steps)[1] is None
+    # Across steps 0.1 < 3.0 would hide it: step 1's own loss rose.
+    steps[3]["loss"] = 0.9
+    facts, reason = loss_verdict(steps)
+    assert reason is not None and "protocol step 1" in reason and facts["protocol_step"] == 1

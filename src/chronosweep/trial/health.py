@@ -23,14 +23,26 @@ MIN_QUESTIONS = 2
 
 
 def loss_verdict(history: list[dict]) -> tuple[dict, str | None]:
-    """(first and last epoch loss, reason or None) from a gradient method's per-epoch history."""
-    losses = [r["loss"] for r in history if isinstance(r, dict) and "epoch" in r and isinstance(r.get("loss"), (int, float))]
-    if len(losses) < 2:
-        return {}, None
-    first, last = float(losses[0]), float(losses[-1])
-    facts = {"loss_first": first, "loss_last": last}
-    if last > first * LOSS_RISE:
-        return facts, f"training loss rose from {first:.4g} (first epoch) to {last:.4g} (last epoch)"
+    """(first and last epoch loss, reason or None) from a gradient method's per-epoch history.
+
+    Under the single and sequential protocols each edit (protocol_step) trains on its own: each step's first and
+    last epoch are compared, since one edit's loss says nothing about another's.
+    """
+    steps: dict[object, list[float]] = {}
+    for r in history:
+        if isinstance(r, dict) and "epoch" in r and isinstance(r.get("loss"), (int, float)):
+            steps.setdefault(r.get("protocol_step"), []).append(float(r["loss"]))
+    facts: dict = {}
+    for step, losses in steps.items():
+        if len(losses) < 2:
+            continue
+        first, last = losses[0], losses[-1]
+        if not facts:
+            facts = {"loss_first": first, "loss_last": last}
+        if last > first * LOSS_RISE:
+            where = "" if step is None else f" in protocol step {step}"
+            return ({"loss_first": first, "loss_last": last, **({} if step is None else {"protocol_step": step})},
+                    f"training loss rose from {first:.4g} (first epoch) to {last:.4g} (last epoch){where}")
     return facts, None
 
 

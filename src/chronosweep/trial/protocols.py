@@ -32,10 +32,13 @@ class RestoreError(RuntimeError):
 
 # ---------------------------------------------------------------- which probes belong to which edits
 
-def edit_probes(probes, requests: list[EditRequest]) -> list[int]:
-    """Indices of the rewrite, paraphrase and neighborhood probes of these edits."""
+EDIT_KINDS = ("rewrite", "paraphrase", "neighborhood", "history", "temporal")
+
+
+def edit_probes(probes, requests: list[EditRequest], kinds: tuple[str, ...] = EDIT_KINDS) -> list[int]:
+    """Indices of the probes of these edits (rewrite, paraphrase, neighborhood, history and temporal)."""
     ids = {r.case_id for r in requests}
-    return [i for i, p in enumerate(probes) if p.kind in ("rewrite", "paraphrase", "neighborhood") and p.case_id in ids]
+    return [i for i, p in enumerate(probes) if p.kind in kinds and p.case_id in ids]
 
 
 def case_probes(probes, case_ids: set[str]) -> list[int]:

@@ -137,6 +137,7 @@ def _execute(cfg, run_dir, method, info, edits, on_epoch, progress) -> dict:
 
     from chronosweep.core.models import cache_dir, load, resolve
     from chronosweep.editing.base import EditContext
+    from chronosweep.evaluation import history
     from chronosweep.evaluation.evaluate import cache_key, load_cached, measure, store_cached
     from chronosweep.evaluation.metrics import SCORING_VERSION
     from chronosweep.evaluation.probes import build_probes
@@ -217,6 +218,9 @@ def _execute(cfg, run_dir, method, info, edits, on_epoch, progress) -> dict:
         "n_hops": sum(1 for p in probes if p.kind == "hop"),
         "n_locality": sum(1 for p in probes if p.kind == "locality"),
         "n_neighborhood": sum(1 for p in probes if p.kind == "neighborhood"),
+        "n_history": sum(1 for p in probes if p.kind == "history"),
+        "n_temporal": sum(1 for p in probes if p.kind == "temporal"),
+        "history_coverage": history.plan(edits.requests, cfg.eval.history_holders).coverage(),
         "pre": pre_metrics,
         **result.extra,
         "edit_seconds": edit_seconds,

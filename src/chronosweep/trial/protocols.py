@@ -342,11 +342,15 @@ def _resume(implementation, previous, tokenizer, requests, options, ctx):
     return implementation.edit(previous.model, tokenizer, requests, options, ctx)
 
 
-def run_sequential(s: Setting, eval_every: int | None = None, order: str = "auto") -> Result:
+def run_sequential(s: Setting, eval_every: int | None = None, order: str = "auto", wave: int | str | None = None) -> Result:
+    """Edits one after another (wave None), or an edit stream: waves of edits (trial.stream), scored after each."""
+    from chronosweep.trial import stream
+
     indices, used = edit_order(s.requests, order)
+    plan = stream.waves(s.requests, indices, wave) if wave is not None else [(s.requests[i].case_id, [i]) for i in indices]
     local = locality_probes(s.probes)
-    n = len(indices)
-    history, checkpoints, fresh = [], [], []
+    n = len(plan)
+    history, checkpoints, fresh, records = [], [], [], []
     edit, evaluation = Clock(), Clock()
     modules: dict[str, None] = {}
     layers: set[int] = set()
@@ -355,36 +359,43 @@ def run_sequential(s: Setting, eval_every: int | None = None, order: str = "auto
     applied: list[EditRequest] = []
     since: list[EditRequest] = []
     final_rows: list[dict] = []
+    kinds = stream.CHECKPOINT_KINDS if wave is not None else EDIT_KINDS
     s.reseed()
-    for step, i in enumerate(indices):
-        req = s.requests[i]
+    for step, (label, group) in enumerate(plan):
+        reqs = [s.requests[i] for i in group]
         ctx = _with_step(s.ctx, step, epochs)
+        if wave is not None:
+            s.progress(f"wave {step + 1}/{n} ({label}): {len(reqs)} edits")
         with edit.timed():
             if outcome is None:
-                outcome = s.implementation.edit(s.model, s.tokenizer, [req], s.options, ctx)
+                outcome = s.implementation.edit(s.model, s.tokenizer, reqs, s.options, ctx)
             else:
-                outcome = _resume(s.implementation, outcome, s.tokenizer, [req], s.options, ctx)
+                outcome = _resume(s.implementation, outcome, s.tokenizer, reqs, s.options, ctx)
         history += _tag(outcome.history, step, epochs)
         modules.update(dict.fromkeys(outcome.edited_modules))
         layers.update(outcome.edited_layers)
-        applied.append(req)
-        since.append(req)
+        applied += reqs
+        since += reqs
         last = step == n - 1
-        if not (last or (eval_every and (step + 1) % eval_every == 0)):
+        if not (last or wave is not None or (eval_every and (step + 1) % eval_every == 0)):
             continue
         # Multi-hop cases count once all their edits are in.
         ids = {r.case_id for r in applied}
         done = {m.case_id for r in applied for m in r.multihop_cases}
         done -= {m.case_id for r in s.requests if r.case_id not in ids for m in r.multihop_cases}
-        idx = sorted(edit_probes(s.probes, applied) + case_probes(s.probes, done) + local)
+        idx = sorted(edit_probes(s.probes, applied, kinds) + case_probes(s.probes, done) + local)
         if last:
             idx = list(range(len(s.probes)))
         with evaluation.timed():
             post = s.measure(outcome.model, [s.probes[j] for j in idx], f"checkpoint {step + 1}/{n}")
         rows = merged_rows(s.probes, s.pre, [(idx, post)])
-        checkpoints.append({"n_applied": step + 1, **metrics_of(rows)})
+        metrics = metrics_of(rows)
+        checkpoints.append({"n_applied": len(applied), **metrics})
+        if wave is not None:
+            records.append(stream.record(step, plan, s.requests, rows, metrics,
+                                         {"edit_seconds": edit.wall, "eval_seconds": evaluation.wall}))
         new_cases = {m.case_id for r in since for m in r.multihop_cases} & done
-        new = set(edit_probes(s.probes, since) + case_probes(s.probes, new_cases) + local)
+        new = set(edit_probes(s.probes, since, kinds) + case_probes(s.probes, new_cases) + local)
         positions = [k for k, j in enumerate(idx) if j in new]
         fresh.append(([idx[k] for k in positions], subset(post, positions)))
         since = []
@@ -392,6 +403,11 @@ def run_sequential(s: Setting, eval_every: int | None = None, order: str = "auto
             final_rows = rows
     extra = {"edit_order": used, "eval_every": eval_every, "applied_order": [s.requests[i].case_id for i in indices],
              "checkpoints": checkpoints}
+    if wave is not None:
+        final_rows = stream.tag_waves(final_rows, plan, s.requests)
+        extra["stream"] = records
+        extra["stream_waves"] = n
+        extra["stream_wave"] = wave
     if len(checkpoints) > 1:
         # Each edit scored at the first checkpoint after it was applied (right after it, with eval_every 1);
         # locality averaged over the checkpoints.

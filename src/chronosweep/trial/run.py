@@ -39,7 +39,7 @@ def prepare_run_dir(run_dir: Path, force: bool) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     if (run_dir / "metrics.json").exists() and not force:
         raise RunDirExists(f"{run_dir} already holds a finished run (metrics.json); pass --force to overwrite it")
-    for name in ("metrics.json", "error.txt", "predictions.jsonl", "history.jsonl"):
+    for name in ("metrics.json", "error.txt", "predictions.jsonl", "history.jsonl", "stream.jsonl"):
         (run_dir / name).unlink(missing_ok=True)
 
 
@@ -64,7 +64,7 @@ def plan(cfg: TrialConfig):
     try:
         edits = load_edits(cfg.data)
         if cfg.protocol == "sequential":
-            edit_order(edits.requests, cfg.edit_order)
+            edit_order(edits.requests, sequential_order(cfg))
     except UserError as err:
         if not problems:
             raise
@@ -73,6 +73,13 @@ def plan(cfg: TrialConfig):
     if problems:
         raise ConfigError(problems)
     return method, info, edits
+
+
+def sequential_order(cfg: TrialConfig) -> str:
+    """The edit order of the sequential protocol: a stream's stream.order, else edit_order."""
+    if cfg.stream.wave is not None:
+        return "time" if cfg.stream.order == "time_start" else "file"
+    return cfg.edit_order
 
 
 def _device_and_dtype(cfg: TrialConfig):
@@ -179,12 +186,18 @@ def _execute(cfg, run_dir, method, info, edits, on_epoch, progress) -> dict:
         implementation=method.load(), options=cfg.options, ctx=ctx,
         measure=lambda m, ps, desc: measure(m, tokenizer, ps, cfg.eval, device, desc=desc),
         reseed=lambda: _seed_everything(cfg.seed), progress=progress)
-    extra_args = {"eval_every": cfg.eval_every, "order": cfg.edit_order} if cfg.protocol == "sequential" else {}
+    extra_args = {"eval_every": cfg.eval_every, "order": sequential_order(cfg),
+                  "wave": cfg.stream.wave} if cfg.protocol == "sequential" else {}
     result = protocols.run(cfg.protocol, setting, **extra_args)
     outcome = result.outcome
     with open(run_dir / "history.jsonl", "w") as fh:
         for record in result.history:
             fh.write(json.dumps(record) + "\n")
+    waves = result.extra.pop("stream", None)
+    if waves is not None:
+        with open(run_dir / "stream.jsonl", "w") as fh:
+            for record in waves:
+                fh.write(json.dumps(record) + "\n")
     # Under single the model is back to the unedited one: there is no edited model to save.
     if cfg.save_artifacts and outcome.save is not None and result.edited_model_kept:
         outcome.save(run_dir)

@@ -169,3 +169,43 @@ def test_dyknow_edit_writes_the_history_metrics(fact_llama_dir, tmp_path, data_r
     rows = [json.loads(line) for line in Path(tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
     hist = [r for r in rows if r["probe"] == "history"]
     assert len(hist) == m["n_history"] and all(isinstance(r["year"], int) for r in hist)
+
+
+def test_training_facts_are_never_the_evaluation_probes(data_root):
+    """The history-preserving option trains other wording and other years than the probes that are scored."""
+    edits = load_edits(DataConfig(name="dyknow", root=str(data_root), limit=None))
+    p = history.plan(edits.requests, holders=3, train_years=2)
+    assert len(p.training) > len(p.evaluation)
+    scored = {pr.prompt for pr in build_probes(edits, EvalConfig())}
+    assert not {f.prompt for f in p.training} & scored
+    asked = {(f.case_id, f.holder, f.year) for f in p.evaluation if f.kind == "history"}
+    assert not {(f.case_id, f.holder, f.year) for f in p.training if f.kind == "history"} & asked
+    # Every edit's current holder is trained as a time-qualified fact too.
+    assert {f.holder for f in p.training if f.kind == "temporal"} <= {r.target_new for r in edits.requests}
+
+
+def test_history_preserving_lora_trains_facts_it_never_scores(fact_llama_dir, tmp_path, data_root, monkeypatch):
+    from chronosweep.editing import history_training
+    from chronosweep.trial.config import load_config
+    from chronosweep.trial.run import run_trial
+
+    monkeypatch.setenv("CHRONOSWEEP_CACHE", str(tmp_path / "cache"))
+    trained: list[str] = []
+    real = history_training.HistoryFacts.take
+
+    def spy(self, requests):
+        out = real(self, requests)
+        trained.extend(self.facts[self.examples.index(e)].prompt for e in out)
+        return out
+
+    monkeypatch.setattr(history_training.HistoryFacts, "take", spy)
+    cfg = load_config(None, [f"model={fact_llama_dir}", "device=cpu", "method=lora", "lora.layer_start=1",
+                             "lora.layer_width=2", "lora.rank=4", "lora.epochs=2", "lora.history_weight=0.5",
+                             "data.name=dyknow", "data.limit=4", f"data.root={data_root}", "data.locality_limit=3",
+                             "eval.max_new_tokens=3", "threads=1", "save_artifacts=false"])
+    m = run_trial(cfg, tmp_path / "run", progress=lambda _: None)
+    assert trained and all("history_loss" in h for h in m["history"])
+    rows = [json.loads(line) for line in Path(tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
+    assert {r["probe"] for r in rows} >= {"history", "temporal"}
+    assert not set(trained) & {r["prompt"] for r in rows}
+    assert m["config"]["lora"]["history_weight"] == 0.5

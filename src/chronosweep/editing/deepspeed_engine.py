@@ -138,10 +138,14 @@ class DeepSpeedEngine:
         self.zero3 = self.engine.zero_optimization_stage() == 3
 
     def step(self, batch: dict) -> float:
-        loss = self.engine(**batch).loss
-        self.engine.backward(loss)
+        return self.step_weighted([(batch, 1.0)])[0]
+
+    def step_weighted(self, parts: list[tuple[dict, float]]) -> list[float]:
+        """One optimiser step on the weighted sum of the parts' losses; returns each part's loss."""
+        losses = [self.engine(**batch).loss for batch, _ in parts]
+        self.engine.backward(sum(w * loss for loss, (_, w) in zip(losses, parts)))
         self.engine.step()
-        return float(loss.detach())
+        return [float(loss.detach()) for loss in losses]
 
     def all_sum(self, values: list[float]) -> list[float]:
         if self.world_size == 1:

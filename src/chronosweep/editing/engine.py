@@ -26,13 +26,18 @@ class TorchEngine:
         self.device = device
 
     def step(self, batch: dict) -> float:
-        out = self.model(**batch)
-        out.loss.backward()
+        return self.step_weighted([(batch, 1.0)])[0]
+
+    def step_weighted(self, parts: list[tuple[dict, float]]) -> list[float]:
+        """One optimiser step on the weighted sum of the parts' losses (the edits', the history facts'...);
+        returns each part's loss."""
+        losses = [self.model(**batch).loss for batch, _ in parts]
+        sum(w * loss for loss, (_, w) in zip(losses, parts)).backward()
         if self.clip > 0:
             torch.nn.utils.clip_grad_norm_(self.params, self.clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(out.loss.detach())
+        return [float(loss.detach()) for loss in losses]
 
     def all_sum(self, values: list[float]) -> list[float]:
         return list(values)

@@ -58,12 +58,20 @@ class TrainingOptions(Options):
     epochs: int = opt(10, "passes over the trial's edits")
     batch_size: int = opt(8, "edits per optimiser step (all edits train together: batch editing)")
     weight_decay: float = opt(0.0, "AdamW weight decay")
+    # History-preserving training (editing.history_training): time-qualified facts beside the update.
+    history_weight: float = opt(0.0, "weight of the loss on time-qualified facts trained beside the edits (\"The "
+                                     "President of Italy in 2007 was Giorgio Napolitano\", \"Since 2015, ... has "
+                                     "been\" the new object), from each edit's history; 0 turns it off. Other "
+                                     "wording and years than the evaluation's history probes")
+    history_holders: int = opt(3, "past holders per edit the history facts cover, most recent first")
+    history_years: int = opt(2, "training years per past holder (never the year its evaluation probe asks)")
+    history_per_edit: int = opt(2, "history facts of each edit in every optimiser step (taken in turn)")
 
     def check(self, where: str, problems: list[str]) -> None:
         super().check(where, problems)
         at_least(where, self, ("lr",), 0, problems, strict=True)
-        at_least(where, self, ("epochs", "batch_size"), 1, problems)
-        at_least(where, self, ("weight_decay",), 0, problems)
+        at_least(where, self, ("epochs", "batch_size", "history_per_edit"), 1, problems)
+        at_least(where, self, ("weight_decay", "history_weight", "history_holders", "history_years"), 0, problems)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from chronosweep.core.tokens import collate, edit_examples
 from chronosweep.editing.base import EditContext
 from chronosweep.editing.engine import make_engine
+from chronosweep.editing.history_training import HistoryFacts
 from chronosweep.editing.options import TrainingOptions
 
 
@@ -47,6 +48,7 @@ def train_on_edits(model, tokenizer, requests, options: TrainingOptions, ctx: Ed
     """
     epochs = options.epochs
     examples = edit_examples(tokenizer, requests, ctx.runtime.target_suffix)
+    facts = HistoryFacts(tokenizer, requests, options, ctx.runtime.target_suffix) if options.history_weight > 0 else None
     rng = random.Random(ctx.runtime.seed)
     engine = make_engine(model, lr=options.lr, weight_decay=options.weight_decay, batch_size=options.batch_size,
                          ctx=ctx)
@@ -63,11 +65,19 @@ def train_on_edits(model, tokenizer, requests, options: TrainingOptions, ctx: Ed
             order = list(range(len(examples)))
             rng.shuffle(order)
             mine = shard(order, engine.rank, engine.world_size)
-            total, count, tokens = 0.0, 0, 0
+            total, count, tokens, past = 0.0, 0, 0, []
             for start in range(0, len(mine), micro):
                 batch = collate([examples[i] for i in mine[start:start + micro]], tokenizer.pad_token_id)
                 batch = {k: v.to(engine.device) for k, v in batch.items()}
-                loss = engine.step(batch)
+                extra = facts.take([requests[i] for i in mine[start:start + micro]]) if facts else []
+                if extra:
+                    # The edits and their history facts in one step, the facts' loss weighted.
+                    known = collate(extra, tokenizer.pad_token_id)
+                    loss, past_loss = engine.step_weighted([(batch, 1.0), ({k: v.to(engine.device) for k, v in
+                                                                            known.items()}, options.history_weight)])
+                    past.append(past_loss)
+                else:
+                    loss = engine.step(batch)
                 if not math.isfinite(loss):
                     raise TrainingDiverged(f"loss became {loss} at epoch {epoch}; lower the learning rate")
                 n = len(batch["input_ids"])
@@ -79,6 +89,8 @@ def train_on_edits(model, tokenizer, requests, options: TrainingOptions, ctx: Ed
             total, count = engine.all_sum([total, float(count)])
             record = {"epoch": epoch, "loss": total / max(count, 1), "tokens": tokens,
                       "seconds": time.perf_counter() - t0}
+            if past:
+                record["history_loss"] = sum(past) / len(past)
             history.append(record)
             if ctx.on_epoch is not None:
                 ctx.on_epoch(epoch, record)

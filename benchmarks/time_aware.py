@@ -20,9 +20,9 @@ from pathlib import Path
 
 
 def coverage(args) -> dict:
+    from chronosweep.core import history
     from chronosweep.data import load_edits
     from chronosweep.data.config import DataConfig
-    from chronosweep.evaluation import history
 
     edits = load_edits(DataConfig(name="dyknow", limit=None, locality="none"))
     mods = [r for r in edits.requests if r.kind == "modification"]

@@ -1,4 +1,4 @@
-"""History probes from time spans (evaluation.history), the JSONL `history` field, and the history metrics."""
+"""History probes from time spans (core.history), the JSONL `history` field, and the history metrics."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from chronosweep.core import history
 from chronosweep.core.requests import EditRequest, EditSet, Holding
 from chronosweep.data import DataError, load_edits
 from chronosweep.data.config import DataConfig
 from chronosweep.data.dyknow import holdings, parse_answer
-from chronosweep.evaluation import history
 from chronosweep.evaluation.config import EvalConfig
 from chronosweep.evaluation.probes import build_probes
 from chronosweep.evaluation.scoring import aggregate, unit_values

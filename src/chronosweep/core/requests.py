@@ -79,7 +79,7 @@ class EditRequest:
     # another edit of the trial rewrites.
     neighborhood: tuple[LocalityProbe, ...] = ()
     # Every holder of the relation with its time span, the current one included (DyKnow's answers, a user's
-    # ``history`` list): the source of the time-qualified history probes (evaluation.history).
+    # ``history`` list): the source of the time-qualified history probes (core.history).
     history: tuple[Holding, ...] = ()
     # "file:record" where the edit came from, for error messages and predictions.
     source: str = ""

@@ -2,15 +2,15 @@
 time-qualified past facts ("The President of Italy in 2007 was Giorgio Napolitano") and the time-qualified current
 fact ("Since 2015, the President of Italy has been Sergio Mattarella"), with their own weight in the same step.
 
-The facts come from evaluation.history's training side: other templates than the history probes, and other years
+The facts come from core.history's training side: other templates than the history probes, and other years
 of each past holder than the one its probe asks, so what is scored is never what was trained.
 """
 
 from __future__ import annotations
 
+from chronosweep.core import history
 from chronosweep.core.requests import EditRequest
 from chronosweep.core.tokens import encode_example
-from chronosweep.evaluation import history
 
 
 class HistoryFacts:

@@ -11,7 +11,7 @@ class EvalConfig:
     batch_size: int = 32
     # Prompt wrapped around multi-hop questions; {question} is replaced.
     question_template: str = "Q: {question}\nA:"
-    # History probes (evaluation.history): past holders asked per edit, most recent first; 0 asks no history or
+    # History probes (core.history): past holders asked per edit, most recent first; 0 asks no history or
     # temporal ("as of"/"currently") probes at all.
     history_holders: int = 3
 

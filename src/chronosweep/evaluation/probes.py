@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from chronosweep.core import history
 from chronosweep.core.requests import EditSet
-from chronosweep.evaluation import history
 from chronosweep.evaluation.config import EvalConfig
 
 # history: a past holder at a year it alone held the relation; temporal: the current holder, "as of"/"currently".

@@ -142,9 +142,9 @@ def run_trial(cfg: TrialConfig, run_dir: Path | str, on_epoch: Callable[[int, di
 def _execute(cfg, run_dir, method, info, edits, on_epoch, progress) -> dict:
     import torch
 
+    from chronosweep.core import history
     from chronosweep.core.models import cache_dir, load, resolve
     from chronosweep.editing.base import EditContext
-    from chronosweep.evaluation import history
     from chronosweep.evaluation.evaluate import cache_key, load_cached, measure, store_cached
     from chronosweep.evaluation.metrics import SCORING_VERSION
     from chronosweep.evaluation.probes import build_probes

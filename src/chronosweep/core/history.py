@@ -1,5 +1,5 @@
 """Time-qualified facts from an edit's history: the probes that check the past stays true, and the facts the
-history-preserving option trains on.
+history-preserving option trains on (in core: evaluation builds the probes from it, editing the training facts).
 
 An edit's history (EditRequest.history: DyKnow's ``NAME |S: start |E: end`` answers, a user's ``history`` list)
 names every holder of the relation with its span. A past holder gives one evaluation probe ("In 2010, the
@@ -13,6 +13,7 @@ trial never trains on what it scores. Holders or edits that cannot give a probe 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -21,9 +22,13 @@ from importlib import resources
 import yaml
 
 from chronosweep.core.requests import EditRequest, Holding
-from chronosweep.evaluation.matching import normalize
 
 _YEAR = re.compile(r"^\s*([+-]?)(\d{1,9})")
+
+
+def normalize(name: str) -> str:
+    """A holder's identity within one history: case, Unicode form and spacing do not make another holder."""
+    return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", name).casefold()).strip()
 
 
 def year_of(value: str | None) -> int | None:
@@ -48,7 +53,7 @@ class Templates:
 
 @lru_cache(maxsize=1)
 def templates() -> tuple[Templates, ...]:
-    text = resources.files("chronosweep.evaluation").joinpath("history_templates.yaml").read_text()
+    text = resources.files("chronosweep.core").joinpath("history_templates.yaml").read_text()
     out = []
     for g in yaml.safe_load(text)["groups"]:
         ev, tr = g["evaluation"], g["training"]

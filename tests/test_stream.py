@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -119,15 +120,43 @@ def _timed(path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("strategy", ["single_adapter", "adapter_per_wave"])
-def test_lora_stream_writes_stream_jsonl(strategy, fact_llama_dir, tmp_path, data_root, monkeypatch):
-    monkeypatch.setenv("CHRONOSWEEP_CACHE", str(tmp_path / "cache"))
-    cfg = load_config(None, [f"model={fact_llama_dir}", "device=cpu", "method=lora", *SETTINGS["lora"],
-                             f"lora.stream_strategy={strategy}", f"data.name={_timed(tmp_path / 'e.jsonl')}",
-                             f"data.root={data_root}", "data.locality_limit=3", "eval.max_new_tokens=3", "threads=1",
-                             "save_artifacts=false", "protocol=sequential", "stream.wave=year"])
-    m = run_trial(cfg, tmp_path / "run", progress=lambda _: None)
-    lines = [json.loads(x) for x in (tmp_path / "run" / "stream.jsonl").read_text().splitlines()]
+STRATEGIES = ("single_adapter", "adapter_per_wave")
+
+
+def _overrides(model_dir, data: Path, data_root) -> list[str]:
+    return [f"model={model_dir}", "device=cpu", "method=lora", *SETTINGS["lora"], f"data.name={data}",
+            f"data.root={data_root}", "data.locality_limit=3", "eval.max_new_tokens=3", "threads=1",
+            "save_artifacts=false"]
+
+
+@pytest.fixture(scope="module")
+def stream_runs(fact_llama_dir, data_root, tmp_path_factory):
+    """A 3-wave LoRA stream under each strategy, and one batch trial on the same edits."""
+    root = tmp_path_factory.mktemp("streams")
+    data = _timed(root / "e.jsonl")
+    before = os.environ.get("CHRONOSWEEP_CACHE")
+    os.environ["CHRONOSWEEP_CACHE"] = str(root / "cache")
+    try:
+        runs = {}
+        for strategy in STRATEGIES:
+            cfg = load_config(None, [*_overrides(fact_llama_dir, data, data_root), f"lora.stream_strategy={strategy}",
+                                     "protocol=sequential", "stream.wave=year"])
+            runs[strategy] = run_trial(cfg, root / "exp" / strategy, progress=lambda _: None)
+        runs["batch"] = run_trial(load_config(None, _overrides(fact_llama_dir, data, data_root)), root / "batch",
+                                  progress=lambda _: None)
+    finally:
+        if before is None:
+            os.environ.pop("CHRONOSWEEP_CACHE", None)
+        else:
+            os.environ["CHRONOSWEEP_CACHE"] = before
+    return root, runs
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_lora_stream_writes_stream_jsonl(strategy, stream_runs):
+    root, runs = stream_runs
+    m = runs[strategy]
+    lines = [json.loads(x) for x in (root / "exp" / strategy / "stream.jsonl").read_text().splitlines()]
     assert [r["label"] for r in lines] == ["2011", "2015", "2019"] and m["stream_waves"] == 3
     assert [len(r["retention"]) for r in lines] == [0, 1, 2]
     for r in lines:
@@ -137,12 +166,19 @@ def test_lora_stream_writes_stream_jsonl(strategy, fact_llama_dir, tmp_path, dat
     assert lines[-1]["reliability_applied"] == m["reliability"]
     if strategy == "adapter_per_wave":
         # Three adapters, each merged before the next: their parameters add up.
-        one = run_trial(load_config(None, [*cfg_overrides(cfg), "protocol=batch", "stream.wave=null"]),
-                        tmp_path / "one", progress=lambda _: None)
-        assert m["trainable_params"] == 3 * one["trainable_params"]
+        assert m["trainable_params"] == 3 * runs["batch"]["trainable_params"]
+    else:
+        assert m["trainable_params"] == runs["batch"]["trainable_params"]
 
 
-def cfg_overrides(cfg) -> list[str]:
-    return [f"model={cfg.model}", "device=cpu", "method=lora", *SETTINGS["lora"], f"data.name={cfg.data.name}",
-            f"data.root={cfg.data.root}", "data.locality_limit=3", "eval.max_new_tokens=3", "threads=1",
-            "save_artifacts=false"]
+def test_report_draws_the_stream_section(stream_runs):
+    from chronosweep.report.build import ReportOptions, make_report
+
+    root, _ = stream_runs
+    result = make_report([root / "exp"], root / "report", ReportOptions(progress=False))
+    summary = (root / "report" / "summary.md").read_text()
+    assert "## Edit streams" in summary and "lora / single_adapter" in summary and "lora / adapter_per_wave" in summary
+    stream_plots = [f for f in result.files if f.name.endswith("stream.png")]
+    assert len(stream_plots) == 1 and stream_plots[0].stat().st_size > 10_000
+    section = summary.split("## Edit streams", 1)[1].split("\n## ", 1)[0]
+    assert "first_wave_retention" in section or "first-wave retention" in section

@@ -218,6 +218,8 @@ class Setting:
     measure: Callable  # (model, probes, desc) -> Measurement
     reseed: Callable[[], None]
     progress: Callable[[str], None] = print
+    # Edit streams: called with each wave's stream.jsonl record as soon as it is measured.
+    on_wave: Callable[[dict], None] | None = None
 
 
 class Clock:
@@ -394,6 +396,8 @@ def run_sequential(s: Setting, eval_every: int | None = None, order: str = "auto
         if wave is not None:
             records.append(stream.record(step, plan, s.requests, rows, metrics,
                                          {"edit_seconds": edit.wall, "eval_seconds": evaluation.wall}))
+            if s.on_wave is not None:
+                s.on_wave(records[-1])
         new_cases = {m.case_id for r in since for m in r.multihop_cases} & done
         new = set(edit_probes(s.probes, since, kinds) + case_probes(s.probes, new_cases) + local)
         positions = [k for k, j in enumerate(idx) if j in new]

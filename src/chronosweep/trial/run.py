@@ -82,6 +82,11 @@ def sequential_order(cfg: TrialConfig) -> str:
     return cfg.edit_order
 
 
+def _append(path: Path, record: dict) -> None:
+    with open(path, "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
 def _device_and_dtype(cfg: TrialConfig):
     import torch
 
@@ -185,7 +190,8 @@ def _execute(cfg, run_dir, method, info, edits, on_epoch, progress) -> dict:
         model=model, tokenizer=tokenizer, requests=edits.requests, probes=probes, pre=pre,
         implementation=method.load(), options=cfg.options, ctx=ctx,
         measure=lambda m, ps, desc: measure(m, tokenizer, ps, cfg.eval, device, desc=desc),
-        reseed=lambda: _seed_everything(cfg.seed), progress=progress)
+        reseed=lambda: _seed_everything(cfg.seed), progress=progress,
+        on_wave=lambda record: _append(run_dir / "stream.jsonl", record))
     extra_args = {"eval_every": cfg.eval_every, "order": sequential_order(cfg),
                   "wave": cfg.stream.wave} if cfg.protocol == "sequential" else {}
     result = protocols.run(cfg.protocol, setting, **extra_args)
@@ -193,11 +199,8 @@ def _execute(cfg, run_dir, method, info, edits, on_epoch, progress) -> dict:
     with open(run_dir / "history.jsonl", "w") as fh:
         for record in result.history:
             fh.write(json.dumps(record) + "\n")
-    waves = result.extra.pop("stream", None)
-    if waves is not None:
-        with open(run_dir / "stream.jsonl", "w") as fh:
-            for record in waves:
-                fh.write(json.dumps(record) + "\n")
+    # stream.jsonl was written wave by wave (a long stream can be watched, and a stopped one keeps its waves).
+    result.extra.pop("stream", None)
     # Under single the model is back to the unedited one: there is no edited model to save.
     if cfg.save_artifacts and outcome.save is not None and result.edited_model_kept:
         outcome.save(run_dir)

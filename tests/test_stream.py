@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from chronosweep.core.requests import EditRequest, EditSet, Holding, LocalityProbe
+from chronosweep.core.errors import UserError
 from chronosweep.core.typed import ConfigError
 from chronosweep.editing.base import EditOutcome
 from chronosweep.evaluation.config import EvalConfig
@@ -109,6 +110,9 @@ def test_stream_options_are_checked():
         load_config(None, ["stream.wave=year"])
     with pytest.raises(ConfigError, match="'year' waves need stream.order: time_start"):
         load_config(None, ["protocol=sequential", "stream.wave=year", "stream.order=file"])
+    undated = [EditRequest(case_id="u", subject="S", prompt="The leader of S is", target_new="X")]
+    with pytest.raises(UserError, match="stream.order: time_start needs a readable time_start.*use stream.order: file"):
+        protocols.edit_order(undated, "time", "stream.order")
 
 
 def _timed(path: Path) -> Path:

@@ -84,15 +84,17 @@ def time_key(value: str | None) -> tuple[int, int, int] | None:
     return int(m.group(1)), int(m.group(2) or 0), int(m.group(3) or 0)
 
 
-def edit_order(requests: list[EditRequest], order: str) -> tuple[list[int], str]:
-    """(indices in the order edits are applied, "time" or "file")."""
+def edit_order(requests: list[EditRequest], order: str, key: str = "edit_order") -> tuple[list[int], str]:
+    """(indices in the order edits are applied, "time" or "file"); key: the config key that asked for the order."""
     keys = [time_key(r.time_start) for r in requests]
     if order == "file" or (order == "auto" and any(k is None for k in keys)):
         return list(range(len(requests))), "file"
     missing = [r.case_id for r, k in zip(requests, keys) if k is None]
     if missing:
-        raise UserError(f"edit_order: time needs a readable time_start on every edit; {len(missing)} of "
-                        f"{len(requests)} lack one (first: {missing[0]}); use edit_order: file")
+        asked, fallback = ("stream.order: time_start", "stream.order: file") if key == "stream.order" \
+            else ("edit_order: time", "edit_order: file")
+        raise UserError(f"{asked} needs a readable time_start on every edit; {len(missing)} of "
+                        f"{len(requests)} lack one (first: {missing[0]}); use {fallback}")
     # Stable: edits that start on the same day keep their file order.
     return sorted(range(len(requests)), key=lambda i: keys[i]), "time"
 

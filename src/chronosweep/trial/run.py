@@ -64,7 +64,8 @@ def plan(cfg: TrialConfig):
     try:
         edits = load_edits(cfg.data)
         if cfg.protocol == "sequential":
-            edit_order(edits.requests, sequential_order(cfg))
+            edit_order(edits.requests, sequential_order(cfg),
+                       "stream.order" if cfg.stream.wave is not None else "edit_order")
     except UserError as err:
         if not problems:
             raise

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from chronosweep.core.requests import EditRequest, EditSet, Holding, LocalityProbe
 from chronosweep.core.errors import UserError
+from chronosweep.core.requests import EditRequest, EditSet, Holding, LocalityProbe
 from chronosweep.core.typed import ConfigError
 from chronosweep.editing.base import EditOutcome
 from chronosweep.evaluation.config import EvalConfig

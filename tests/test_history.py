@@ -209,3 +209,13 @@ def test_history_preserving_lora_trains_facts_it_never_scores(fact_llama_dir, tm
     assert {r["probe"] for r in rows} >= {"history", "temporal"}
     assert not set(trained) & {r["prompt"] for r in rows}
     assert m["config"]["lora"]["history_weight"] == 0.5
+
+
+def test_training_years_spread_over_the_span():
+    assert history.spread([2001, 2002, 2003, 2004, 2005], 2) == [2001, 2005]
+    assert history.spread([2001, 2002, 2003, 2004, 2005], 3) == [2001, 2003, 2005]
+    assert history.spread([2001, 2002], 5) == [2001, 2002] and history.spread([2001], 0) == []
+    p = history.plan([_edit(ITALY)], train_years=3, ref=2023)
+    napolitano = sorted(f.year for f in p.training if f.holder == "Giorgio Napolitano" and f.kind == "history")
+    # 2007-2014 held alone, 2011 asked by the evaluation probe: three of the other seven.
+    assert napolitano == [2007, 2010, 2014] and 2011 not in napolitano

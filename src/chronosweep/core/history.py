@@ -164,6 +164,17 @@ def _alone(key: str, spans: dict[str, set[int]]) -> list[int]:
     return sorted(spans.get(key, set()) - others)
 
 
+def spread(years: list[int], k: int) -> list[int]:
+    """k of the years, evenly spread from the first to the last (all of them when there are no more than k)."""
+    if k <= 0:
+        return []
+    if len(years) <= k:
+        return list(years)
+    if k == 1:
+        return [years[0]]
+    return [years[round(i * (len(years) - 1) / (k - 1))] for i in range(k)]
+
+
 def _fill(template: str, r: EditRequest, year: int | None) -> str:
     return template.format(year=year, subject=r.subject, relation=r.relation).rstrip()
 
@@ -202,7 +213,7 @@ def plan(requests: list[EditRequest], holders: int = 3, train_years: int = 2,
                 out.evaluation.append(TimedFact("history", r.case_id, _fill(tpl, r, year), name, year, tpl))
             probes += 1
             others = [y for y in alone if y != year]
-            for y in ([others[0], others[-1]] if len(others) > 1 else others)[:train_years]:
+            for y in spread(others, train_years):
                 for tpl in t.train_past:
                     out.training.append(TimedFact("history", r.case_id, _fill(tpl, r, y), name, y, tpl))
         if probes:

@@ -186,3 +186,16 @@ def test_report_draws_the_stream_section(stream_runs):
     assert len(stream_plots) == 1 and stream_plots[0].stat().st_size > 10_000
     section = summary.split("## Edit streams", 1)[1].split("\n## ", 1)[0]
     assert "first_wave_retention" in section or "first-wave retention" in section
+
+
+@pytest.mark.parametrize("sweep", ["stream.yaml", "stream-small.yaml"])
+def test_shipped_stream_sweeps_have_an_objective_every_trial_can_score(sweep, stream_runs):
+    """A sweep fails a trial whose objective term is null: history_retention is null when the unedited model knows
+    none of the history probes (the tiny model here, SmolLM2 on the small sweep's edits)."""
+    from chronosweep.sweep.spec import load_sweep
+
+    _, runs = stream_runs
+    spec = load_sweep(Path(__file__).resolve().parents[1] / "configs" / "sweeps" / sweep)
+    for strategy in STRATEGIES:
+        assert runs[strategy]["history_retention"] is None
+        assert spec.objective.value(runs[strategy]) is not None

@@ -41,6 +41,17 @@ class LocalityProbe:
 
 
 @dataclass(frozen=True)
+class Holding:
+    """One holder of the edited relation over a span of time: DyKnow's ``NAME |S: start |E: end`` (a ``|P:`` point
+    is start == end), or a user record's ``history`` entry. Times are ISO-like strings; None: unknown (or, for the
+    current holder's end, still holding)."""
+
+    holder: str
+    start: str | None = None
+    end: str | None = None
+
+
+@dataclass(frozen=True)
 class EditRequest:
     # Stable id: "<dataset>:<record>[:<rewrite>]", unique within a dataset.
     case_id: str
@@ -70,6 +81,9 @@ class EditRequest:
     # change: DyKnow's other elements of the subject, KnowEdit's Relation_Specificity. load_edits drops those
     # another edit of the trial rewrites.
     neighborhood: tuple[LocalityProbe, ...] = ()
+    # Every holder of the relation with its time span, the current one included (DyKnow's answers, a user's
+    # ``history`` list): the source of the time-qualified history probes (core.history).
+    history: tuple[Holding, ...] = ()
     # "file:record" where the edit came from, for error messages and predictions.
     source: str = ""
 

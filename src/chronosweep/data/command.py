@@ -80,6 +80,16 @@ def summarize(edits, cfg) -> str:
                  f"{sum(len(m.questions) for m in cases.values())} questions")
     lines.append(f"neighborhood probes: {sum(len(r.neighborhood) for r in reqs)} "
                  f"(about {len({r.subject for r in reqs if r.neighborhood})} edited subjects)")
+    from chronosweep.core.history import plan
+
+    hist = plan(reqs)
+    lines.append(f"history probes (eval.history_holders 3): {hist.n_with_probes} of {len(reqs)} edits, "
+                 f"{sum(f.kind == 'history' for f in hist.evaluation)} past-holder and "
+                 f"{sum(f.kind == 'temporal' for f in hist.evaluation)} current-holder probes")
+    for reason, n in sorted(hist.skipped.items(), key=lambda kv: -kv[1]):
+        lines.append(f"  edits without: {reason}: {n}")
+    for reason, n in sorted(hist.holders_skipped.items(), key=lambda kv: -kv[1]):
+        lines.append(f"  past holders without: {reason}: {n}")
     source = {"known_1000": edits.files[-1] if len(edits.files) > 1 else "known_1000",
               "dataset": "the records' own", "none": "none"}[cfg.locality]
     lines.append(f"locality probes: {len(edits.locality)} ({source})")

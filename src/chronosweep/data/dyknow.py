@@ -12,7 +12,7 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
-from chronosweep.core.requests import EditRequest, LocalityProbe
+from chronosweep.core.requests import EditRequest, Holding, LocalityProbe
 from chronosweep.data.errors import DataError, Fields, Problems, type_name
 from chronosweep.data.parsed import Parsed
 
@@ -37,6 +37,15 @@ def parse_answer(text: str) -> tuple[str, dict[str, str]] | None:
             return None
         tags[key] = value
     return name, tags
+
+
+def holdings(parsed: list[tuple[str, dict[str, str]]]) -> tuple[Holding, ...]:
+    """The answers as time spans, oldest first (a point in time |P: is a span of one instant)."""
+    out = []
+    for name, tags in parsed:
+        point = tags.get("P")
+        out.append(Holding(name, tags.get("S", point), tags.get("E", point)))
+    return tuple(sorted(out, key=lambda h: time_key(h.start) if h.start else (time_key(h.end) if h.end else (0, 0, 0))))
 
 
 def time_key(value: str) -> tuple[int, int, int]:
@@ -130,6 +139,7 @@ def parse(data, path: Path, prefix: str) -> Parsed:
             relation=relation or category,
             time_start=tags.get("S"),
             time_end=tags.get("E"),
+            history=holdings([parse_answer(a) for a in answers]),
             source=f"{path.name}:{record}",
         ))
     problems.raise_if_any()
@@ -194,6 +204,7 @@ def parse_editing_set(data: list, path: Path, prefix: str) -> Parsed:
             paraphrases=tuple(v.rstrip() for v in phrasings.values() if v.rstrip() != prompt.rstrip()),
             relation=attribute or domain,
             time_start=tags.get("S"),
+            history=holdings(parsed),
             source=f"{path.name}:{i}",
         ))
     problems.raise_if_any()

@@ -7,17 +7,22 @@ supported dataset converts to it (``chronosweep data NAME --export FILE``) and l
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
-from chronosweep.core.requests import EditRequest, Hop, LocalityProbe, MultiHop
+from chronosweep.core.requests import EditRequest, Holding, Hop, LocalityProbe, MultiHop
 from chronosweep.data.errors import Fields, Problems, type_name
 from chronosweep.data.parsed import Parsed
 
 FIELDS = {"case_id", "subject", "prompt", "target_new", "target_new_aliases", "target_true", "paraphrases",
-          "train_paraphrases", "relation", "time_start", "time_end", "multihop", "cases", "locality", "neighborhood"}
+          "train_paraphrases", "relation", "time_start", "time_end", "multihop", "cases", "locality", "neighborhood",
+          "history"}
 MULTIHOP_FIELDS = {"case_id", "questions", "answer", "aliases", "hops", "cloze"}
 HOP_FIELDS = {"cloze", "answer", "aliases", "question", "changed"}
 LOCALITY_FIELDS = {"prompt", "answer"}
+HISTORY_FIELDS = {"holder", "start", "end"}
+# A year, optionally with month and day (1999, "1999-05", "+1999-05-18T00:00:00Z").
+_DATE = re.compile(r"^\s*[+-]?\d{1,9}(?:-\d{1,2}(?:-\d{1,2})?)?(?:T[\d:.]+Z?)?\s*$")
 
 
 def _time(f: Fields, key: str) -> str | None:
@@ -26,6 +31,20 @@ def _time(f: Fields, key: str) -> str | None:
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     return f.text(key, required=False, nullable=True)
+
+
+def _history(f: Fields) -> tuple[Holding, ...]:
+    """The record's `history` list: every holder of the relation with the span it held it (docs/data.md)."""
+    out = []
+    for h in _objects(f, "history", HISTORY_FIELDS):
+        holder = h.text("holder")
+        start, end = _time(h, "start"), _time(h, "end")
+        for key, value in (("start", start), ("end", end)):
+            if value is not None and not _DATE.match(value):
+                h.fail(key, f"expected a year or an ISO date (1999, 1999-05-18), got {value!r}")
+        if holder is not None:
+            out.append(Holding(holder, start, end))
+    return tuple(out)
 
 
 def _objects(f: Fields, key: str, known: set[str]) -> list[Fields]:
@@ -115,6 +134,7 @@ def parse(records: list[tuple[str, object]], path: Path, prefix: str) -> Parsed:
             relation=f.text("relation", required=False, nullable=True, empty_ok=True) or "",
             time_start=_time(f, "time_start"),
             time_end=_time(f, "time_end"),
+            history=_history(f),
             locality=tuple(
                 LocalityProbe(p.rstrip(), loc.text("answer", required=False, nullable=True))
                 for loc in _objects(f, "locality", LOCALITY_FIELDS)
@@ -159,6 +179,9 @@ def to_record(r: EditRequest) -> dict:
         rec["time_start"] = r.time_start
     if r.time_end is not None:
         rec["time_end"] = r.time_end
+    if r.history:
+        rec["history"] = [{"holder": h.holder, **({"start": h.start} if h.start is not None else {}),
+                           **({"end": h.end} if h.end is not None else {})} for h in r.history]
     if r.multihop is not None:
         rec["multihop"] = _case_record(r.multihop)
     if r.cases:

@@ -106,13 +106,22 @@ class TrainingOptions(Options):
     patience: int = opt(0, "stop once every edit's target tokens have been the teacher-forced argmax (on all its "
                            "training contexts) for this many epochs in a row; 0 never stops early")
     stop_loss: float | None = opt(None, "stop once an epoch's mean edit loss falls below this; null: no threshold")
+    # History-preserving training (editing.history_training): time-qualified facts beside the update.
+    history_weight: float = opt(0.0, "weight of the loss on time-qualified facts trained beside the edits (\"The "
+                                     "President of Italy in 2007 was Giorgio Napolitano\", \"Since 2015, ... has "
+                                     "been\" the new object), from each edit's history; 0 turns it off. Other "
+                                     "wording and years than the evaluation's history probes")
+    history_holders: int = opt(3, "past holders per edit the history facts cover, most recent first")
+    history_years: int = opt(2, "training years per past holder (never the year its evaluation probe asks)")
+    history_per_edit: int = opt(2, "history facts of each edit in every optimiser step (taken in turn)")
 
     def check(self, where: str, problems: list[str]) -> None:
         super().check(where, problems)
         at_least(where, self, ("lr",), 0, problems, strict=True)
-        at_least(where, self, ("epochs", "batch_size", "retain_per_step", "retain_sampled_tokens", "prefix_tokens"),
-                 1, problems)
-        at_least(where, self, ("weight_decay", "kl_weight", "retain_sampled", "n_prefixes", "patience"), 0, problems)
+        at_least(where, self, ("epochs", "batch_size", "retain_per_step", "retain_sampled_tokens", "prefix_tokens",
+                               "history_per_edit"), 1, problems)
+        at_least(where, self, ("weight_decay", "kl_weight", "retain_sampled", "n_prefixes", "patience", "history_weight",
+                               "history_holders", "history_years"), 0, problems)
         at_least(where, self, ("stop_loss",), 0, problems, strict=True)
         for i, template in enumerate(self.retain_templates):
             if template.count("{}") != 1 or not template.replace("{}", "").strip():

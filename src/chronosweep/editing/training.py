@@ -28,6 +28,7 @@ from chronosweep.editing import kl as kl_term
 from chronosweep.editing.augment import training_prompts
 from chronosweep.editing.base import EditContext
 from chronosweep.editing.engine import make_engine, resolve_engine
+from chronosweep.editing.history_training import HistoryFacts
 from chronosweep.editing.locate import blocks
 from chronosweep.editing.options import TrainingOptions
 from chronosweep.editing.prefix_cache import PrefixCache, first_trainable_layer
@@ -133,6 +134,10 @@ def train_on_edits(model, tokenizer, requests, options: TrainingOptions, ctx: Ed
     by_edit: list[list[int]] = [[] for _ in requests]
     for i, p in enumerate(texts.prompts):
         by_edit[p.edit].append(i)
+    # Time-qualified facts of the edits' histories, trained beside them (history_weight).
+    facts = HistoryFacts(tokenizer, requests, options, ctx.runtime.target_suffix) if options.history_weight > 0 else None
+    if facts is not None:
+        summary["history_facts"] = len(facts.facts)
     summary["examples"] = texts.by_source()
     summary["examples_dropped_as_eval_overlap"] = len(texts.dropped)
     summary["prefixes"] = prefixes
@@ -141,6 +146,9 @@ def train_on_edits(model, tokenizer, requests, options: TrainingOptions, ctx: Ed
         "dropped": [{"case_id": requests[p.edit].case_id, "source": p.source, "prompt": p.prompt, "overlaps": hit}
                     for p, hit in texts.dropped],
     }
+    if facts:
+        prompts_record["examples"] += [{"case_id": f.case_id, "source": "history", "prompt": f.prompt}
+                                       for f in facts.facts]
 
     rows: list[kl_term.RetainRow] = []
     reference = None
@@ -164,8 +172,9 @@ def train_on_edits(model, tokenizer, requests, options: TrainingOptions, ctx: Ed
     cache = None
     if layer is not None:
         t0 = time.perf_counter()
-        cache = PrefixCache(unwrap(model), ctx.info, layer, [e["input_ids"] for e in examples] + [r.ids for r in rows],
-                            pad, device)
+        history_ids = [e["input_ids"] for e in facts.examples] if facts else []
+        cache = PrefixCache(unwrap(model), ctx.info, layer,
+                            [e["input_ids"] for e in examples] + [r.ids for r in rows] + history_ids, pad, device)
         why += f" ({time.perf_counter() - t0:.2f} s)"
     summary["prefix_cache"] = {"layer": layer, "status": why}
     if rows:
@@ -197,7 +206,24 @@ def train_on_edits(model, tokenizer, requests, options: TrainingOptions, ctx: Ed
             picked.append(retain_order.pop())
         return picked
 
-    def step_loss(forward, idx: list[int], ridx: list[int], out: dict):
+    def history_term(forward, hidx: list[int], out: dict):
+        """The mean loss of these history facts (their own target tokens), for the same step."""
+        chosen = [facts.examples[i] for i in hidx]
+        batch = {k: v.to(device) for k, v in collate(chosen, pad).items()}
+        width = batch["input_ids"].shape[1]
+        extra = {}
+        if keep_logits:
+            extra["logits_to_keep"] = width - min(e["n_prompt"] for e in chosen) + 1
+        if cache is not None:
+            cache.feed([len(examples) + len(rows) + i for i in hidx], width)
+        logits = forward(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False,
+                         **extra).logits
+        term, _ = edit_loss(logits[:, -extra.get("logits_to_keep", width):], batch["labels"])
+        out["history_loss"] = float(term.detach())
+        out["tokens"] += int(batch["attention_mask"].sum())
+        return term
+
+    def step_loss(forward, idx: list[int], ridx: list[int], out: dict, hidx: list[int] = ()):
         chosen = [examples[i] for i in idx]
         batch = {k: v.to(device) for k, v in collate(chosen, pad).items()}
         width = batch["input_ids"].shape[1]
@@ -232,6 +258,9 @@ def train_on_edits(model, tokenizer, requests, options: TrainingOptions, ctx: Ed
             term = total / len(ridx)
             out["kl"] = float(term.detach())
             loss = loss + options.kl_weight * term
+        if hidx:
+            # The edits and their history facts in one step, the facts' loss weighted.
+            loss = loss + options.history_weight * history_term(forward, list(hidx), out)
         return loss
 
     context = cache.active() if cache is not None else contextlib.nullcontext()
@@ -242,14 +271,18 @@ def train_on_edits(model, tokenizer, requests, options: TrainingOptions, ctx: Ed
                 order = list(range(len(requests)))
                 rng.shuffle(order)
                 mine = shard(order, engine.rank, engine.world_size)
-                total, count, tokens, kl_sum, steps = 0.0, 0, 0, 0.0, 0
+                total, count, tokens, kl_sum, steps, past = 0.0, 0, 0, 0.0, 0, []
                 missed = [0.0] * len(requests)
                 for start in range(0, len(mine), micro):
                     edits = mine[start:start + micro]
                     idx = [i for e in edits for i in by_edit[e]]
                     out: dict = {}
                     ridx = next_retain() if rows else []
-                    loss = engine.step(lambda forward, idx=idx, ridx=ridx, out=out: step_loss(forward, idx, ridx, out))
+                    hidx = facts.take([requests[e] for e in edits]) if facts else []
+                    loss = engine.step(lambda forward, idx=idx, ridx=ridx, out=out, hidx=hidx:
+                                       step_loss(forward, idx, ridx, out, hidx))
+                    if "history_loss" in out:
+                        past.append(out["history_loss"])
                     if not math.isfinite(loss):
                         raise TrainingDiverged(f"loss became {loss} at epoch {epoch}; lower the learning rate")
                     for i, ok in zip(idx, out["hit"]):
@@ -267,6 +300,8 @@ def train_on_edits(model, tokenizer, requests, options: TrainingOptions, ctx: Ed
                 learned = sum(1 for m in missed if m == 0) / max(len(requests), 1)
                 record = {"epoch": epoch, "loss": total / max(count, 1), "kl": kl_sum / steps if rows else None,
                           "learned": learned, "tokens": tokens, "seconds": time.perf_counter() - t0}
+                if past:
+                    record["history_loss"] = sum(past) / len(past)
                 history.append(record)
                 if ctx.on_epoch is not None:
                     ctx.on_epoch(epoch, record)

@@ -188,6 +188,23 @@ register(Metric("hop_unchanged", "unchanged hop accuracy", "the same over the ho
                 "quality", probe="hop", field="correct", pre_field="pre_correct", match="starts_with / contains",
                 unit="probe", interval="wilson", where=(("changed", False),), shown=frozenset({"cli", "report"})))
 
+register(Metric("history_accuracy", "history accuracy", "share of history probes (\"In 2010, the President of "
+                "Italy was\", at a year one past holder alone held the relation) answered with that year's holder",
+                "quality", probe="history", field="correct", pre_field="pre_correct", match="starts_with",
+                unit="probe", interval="wilson", shown=_ALL))
+register(Metric("history_retention", "history retention", "history accuracy over the probes the unedited model "
+                "answered correctly (their number: n_history_known): forgetting, not a small model's missing "
+                "knowledge", "quality", probe="history", match="starts_with", unit="probe", interval="wilson",
+                units=rules.history_retention, pre=False, shown=_ALL))
+register(Metric("temporal_reliability", "temporal reliability", "share of an edit's \"As of YEAR\" and "
+                "\"Currently\" probes answered with the new object, averaged within each edit", "quality",
+                probe="temporal", field="correct", pre_field="pre_correct", match="starts_with", unit="edit",
+                interval="wilson", shown=_ALL))
+register(Metric("first_wave_retention", "first-wave retention", "edit streams: reliability of the first wave's "
+                "edits at the end of the stream (null without a stream)", "quality", probe="rewrite",
+                match="starts_with", unit="edit", interval="wilson", units=rules.first_wave_retention, pre=False,
+                shown=frozenset({"cli", "report"})))
+
 # --- cost: what the edit took -----------------------------------------------------------------------------------
 
 _COST = [
@@ -240,3 +257,9 @@ for _name, _label, _meaning in _COUNTS:
     register(Metric(_name, _label, _meaning, "count", objective=False))
 register(Metric("n_multihop_known", "known multi-hop cases", "cases multihop_known is computed over", "count",
                 objective=False, units_of="multihop_known"))
+register(Metric("n_history", "history probes", "history probes scored (past holders at a year)", "count",
+                objective=False))
+register(Metric("n_temporal", "temporal probes", "\"as of\"/\"currently\" probes of the current holder scored",
+                "count", objective=False))
+register(Metric("n_history_known", "known history probes", "history probes the unedited model answers correctly: "
+                "what history_retention is computed over", "count", objective=False, units_of="history_retention"))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from chronosweep.core import history
 from chronosweep.core.requests import EditSet
 from chronosweep.evaluation.config import EvalConfig
 
-KINDS = ("rewrite", "paraphrase", "locality", "neighborhood", "multihop", "hop")
+# history: a past holder at a year it alone held the relation; temporal: the current holder, "as of"/"currently".
+KINDS = ("rewrite", "paraphrase", "locality", "neighborhood", "multihop", "hop", "history", "temporal")
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,8 @@ class Probe:
     changed: bool = False
     # How a hop's continuation counts: a cloze must start with the answer; a question's answer span must contain it.
     match: str = "starts_with"
+    # For history and temporal probes: the year the prompt names (None: "currently").
+    year: int | None = None
 
 
 def build_probes(edits: EditSet, eval_cfg: EvalConfig) -> list[Probe]:
@@ -37,6 +41,11 @@ def build_probes(edits: EditSet, eval_cfg: EvalConfig) -> list[Probe]:
         probes.append(Probe("rewrite", r.case_id, r.prompt, r.answers, target))
         for p in r.paraphrases:
             probes.append(Probe("paraphrase", r.case_id, p, r.answers, target))
+    accepted = {r.case_id: r.answers for r in edits.requests}
+    for f in history.plan(edits.requests, eval_cfg.history_holders).evaluation:
+        # The current holder's aliases are the edit's; a past holder is known by its name alone.
+        answers = accepted[f.case_id] if f.kind == "temporal" else (f.holder,)
+        probes.append(Probe(f.kind, f.case_id, f.prompt, answers, year=f.year))
     for i, loc in enumerate(edits.locality):
         tf = " " + loc.answer.strip() if loc.answer else None
         probes.append(Probe("locality", f"locality:{i}", loc.prompt, (), tf))

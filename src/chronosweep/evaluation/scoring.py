@@ -66,6 +66,8 @@ def score_rows(probes, pre, post) -> list[dict]:
             row["pre_token_acc"] = _token_acc(pre.target_ids[i], pre.top_tokens[i])
             if p.kind == "hop":
                 row.update(changed=p.changed, match=p.match)
+            if p.kind in ("history", "temporal"):
+                row["year"] = p.year
         rows.append(row)
     return rows
 

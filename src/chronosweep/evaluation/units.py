@@ -122,3 +122,32 @@ def multihop_known(rows: list[dict], side: str) -> dict[str, float]:
         if hops and all(h.get("pre_correct") for h in hops) and head.get(key) is not None:
             out[cid] = float(bool(head[key]))
     return out
+
+
+def history_retention(rows: list[dict], side: str) -> dict[str, float]:
+    """Per history probe the unedited model answered with that year's holder: 1 if the edited model still does.
+
+    Probes the unedited model got wrong are left out, so a small model's missing knowledge is not forgetting.
+    """
+    if side != "post":
+        return {}
+    out: dict[str, float] = {}
+    seen: dict[str, int] = {}
+    for r in rows:
+        if r.get("probe") != "history":
+            continue
+        cid = str(r.get("case_id"))
+        n = seen.get(cid, 0)
+        seen[cid] = n + 1
+        if r.get("pre_correct") and r.get("correct") is not None:
+            out[f"{cid}#{n}"] = float(bool(r["correct"]))
+    return out
+
+
+def first_wave_retention(rows: list[dict], side: str) -> dict[str, float]:
+    """Per edit of an edit stream's first wave (rows tagged wave 0): its edit prompt answered with the new object
+    at the end of the stream."""
+    if side != "post":
+        return {}
+    return {str(r["case_id"]): float(bool(r.get("correct"))) for r in rows
+            if r.get("probe") == "rewrite" and r.get("wave") == 0 and r.get("correct") is not None}

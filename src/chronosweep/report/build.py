@@ -12,6 +12,7 @@ from chronosweep.core.errors import UserError
 from chronosweep.evaluation import metrics as registry
 from chronosweep.evaluation.objective import Objective
 from chronosweep.report import render as r
+from chronosweep.report import streams
 from chronosweep.report.constraints import blocks as constraint_blocks
 from chronosweep.report.constraints import constraint_table
 from chronosweep.report.load import UNIT_METRICS, load_trials, load_units
@@ -167,6 +168,11 @@ def make_plots(df: pl.DataFrame, tables: Tables, out: Path, objective: Objective
             name = f"plots/{p.slug(*g, *(values if several else (method,)), 'windows')}.png"
             if p.window_panels(cells, panels, verdicts, f"{who}: layer windows, 95% intervals{suffix}", out / name):
                 made[("window", g, who)] = name
+        lines = streams.best_per_line(_in_group(ok, tables.groups, g))
+        name = f"plots/{p.slug(*g, 'stream')}.png"
+        if lines and p.stream_panels(streams.stream_frame(lines), streams.PLOTTED, streams.LABELS,
+                                     f"Edit streams: after each wave{suffix}", out / name):
+            made[("stream", g)] = name
         name = f"plots/{p.slug(*g, 'cost-quality')}.png"
         if p.cost_quality(_in_group(ok, tables.groups, g), COST, f"Quality against edit cost{suffix}", out / name):
             made[("cost", g)] = name
@@ -269,6 +275,20 @@ def summary_blocks(df: pl.DataFrame, tables: Tables, options: ReportOptions, exp
         blocks.append(r.Bullets(window_bullets(tables, objective) + tables.no_best_window))
         blocks.append(r.table(tables.windows.drop("run_dir"), ci_metrics=INTERVAL_METRICS))
         blocks += [r.Image(path, f"{key[2]} by window") for key, path in plots.items() if key[0] == "window"]
+
+    lines = streams.best_per_line(df)
+    if lines:
+        blocks += [
+            r.Heading(2, "Edit streams"),
+            r.Para("Trials with `stream.wave` (protocol sequential): edits arrive in waves in time_start order and "
+                   "after each wave the run scores that wave's edits (reliability), every earlier wave's edits on "
+                   "their own prompts (retention), locality, leakage and the applied edits' history probes "
+                   "(stream.jsonl). One line per method and LoRA strategy (its best trial). `first_wave_at_start` is "
+                   "the first wave's reliability right after it, `first_wave_retention` the same edits at the end of "
+                   f"the stream, with its {level} Wilson interval over the first wave's edits."),
+            r.table(streams.stream_table(lines), ci_metrics=streams.AT_END),
+        ]
+        blocks += [r.Image(path, "edit streams") for key, path in plots.items() if key[0] == "stream"]
 
     blocks += [
         r.Heading(2, "Cost"),

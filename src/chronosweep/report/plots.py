@@ -215,3 +215,50 @@ def cost_quality(trials: pl.DataFrame, cost: str, title: str, path: Path, max_la
     ax.set_title(title, fontsize=10)
     fig.savefig(path, dpi=110)
     return path
+
+
+def stream_panels(frame: pl.DataFrame, metrics: tuple[str, ...], labels: dict[str, str], title: str,
+                  path: Path) -> Path | None:
+    """One panel per metric against the wave, one line per method/strategy (an edit stream's stream.jsonl).
+
+    A metric no line has (history retention when the unedited model knew none of the history probes) keeps its
+    panel, saying so, rather than vanishing.
+    """
+    shown = [m for m in metrics if m in frame.columns]
+    if frame.is_empty() or not shown:
+        return None
+    cols = min(3, len(shown))
+    rows = -(-len(shown) // cols)
+    fig = _figure(3.4 * cols + 2.2, 2.6 * rows + 0.5)
+    lines = sorted(frame["line"].unique().to_list())
+    axes = [fig.add_subplot(rows, cols, i + 1) for i in range(len(shown))]
+    markers, styles = "osD^vP", ("-", "--", ":", "-.")
+    for ax, metric in zip(axes, shown):
+        for j, line in enumerate(lines):
+            part = frame.filter((pl.col("line") == line) & pl.col(metric).is_not_null()).sort("wave")
+            if part.height:
+                # Markers and dashes differ per line, so lines with equal values stay visible on top of each other.
+                ax.plot(part["wave"].to_numpy(), part[metric].to_numpy(), marker=markers[j % len(markers)],
+                        linestyle=styles[j % len(styles)], markersize=4, color=f"C{j % 10}", label=line)
+        if frame[metric].null_count() == frame.height:
+            note = "n/a: no history probe the unedited\nmodel answered correctly" if metric == "history_retention" \
+                else "n/a: no trial has a value"
+            ax.text(0.5, 0.5, note, ha="center", va="center", fontsize=7, color="grey", transform=ax.transAxes)
+        m = registry.METRICS.get(metric)
+        worse = " (lower is better)" if m is not None and m.direction == "min" else ""
+        ax.set_title(labels.get(metric, label(metric)) + worse, fontsize=9)
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_xlabel("wave", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    handles, names = [], []
+    for ax in axes:
+        for h, n in zip(*ax.get_legend_handles_labels()):
+            if n not in names:
+                handles.append(h)
+                names.append(n)
+    # Beside the panels, so it never covers a point.
+    fig.legend(handles, names, loc="outside right upper", frameon=False, fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.savefig(path, dpi=110)
+    return path

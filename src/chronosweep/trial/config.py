@@ -21,6 +21,19 @@ from chronosweep.evaluation.config import EvalConfig
 
 
 @dataclass
+class StreamConfig:
+    """An edit stream (protocol sequential): edits arrive in waves in the order the world changed, and after each
+    wave the run records that wave's reliability, every earlier wave's retention, locality, leakage and history
+    (stream.jsonl in the run dir)."""
+
+    # The waves: "year" (one wave per year of time_start), an integer N (N edits per wave), or null (no stream:
+    # edits one at a time, the plain sequential protocol).
+    wave: int | Literal["year"] | None = None
+    # The order edits arrive in: time_start (every edit needs one) or file.
+    order: Literal["time_start", "file"] = "time_start"
+
+
+@dataclass
 class TrialConfig:
     model: str = "smollm2-135m"
     revision: str | None = None
@@ -35,6 +48,8 @@ class TrialConfig:
     eval_every: int | None = None
     # sequential: the order edits are applied in; auto is time_start order when every edit has one, else file order.
     edit_order: Literal["auto", "file", "time"] = "auto"
+    # sequential: edits in waves, scored after each (stream.jsonl); stream.order replaces edit_order.
+    stream: StreamConfig = field(default_factory=StreamConfig)
     # Per-model option values (configs/presets/<method>/<model>.yaml): auto picks the one made for the model (by name,
     # then by architecture and shape); none uses the options' defaults; or a preset name (rome/llama-2-7b) or file.
     # Options set in the config win over the preset.
@@ -139,6 +154,13 @@ def config_from_dict(raw: dict, source: str | None = None) -> TrialConfig:
         problems.append(f"threads: must be >= 1 or null, got {cfg.threads}")
     if cfg.eval_every is not None and cfg.eval_every < 1:
         problems.append(f"eval_every: must be >= 1 or null, got {cfg.eval_every}")
+    if cfg.stream.wave is not None:
+        if cfg.protocol != "sequential":
+            problems.append(f"stream.wave: an edit stream needs protocol: sequential, got protocol: {cfg.protocol}")
+        if isinstance(cfg.stream.wave, int) and cfg.stream.wave < 1:
+            problems.append(f"stream.wave: must be 'year' or a number of edits >= 1, got {cfg.stream.wave}")
+        if cfg.stream.wave == "year" and cfg.stream.order != "time_start":
+            problems.append("stream.wave: 'year' waves need stream.order: time_start")
     if problems:
         raise ConfigError(problems, source)
     return cfg

@@ -32,10 +32,13 @@ class RestoreError(RuntimeError):
 
 # ---------------------------------------------------------------- which probes belong to which edits
 
-def edit_probes(probes, requests: list[EditRequest]) -> list[int]:
-    """Indices of the rewrite, paraphrase and neighborhood probes of these edits."""
+EDIT_KINDS = ("rewrite", "paraphrase", "neighborhood", "history", "temporal")
+
+
+def edit_probes(probes, requests: list[EditRequest], kinds: tuple[str, ...] = EDIT_KINDS) -> list[int]:
+    """Indices of the probes of these edits (rewrite, paraphrase, neighborhood, history and temporal)."""
     ids = {r.case_id for r in requests}
-    return [i for i, p in enumerate(probes) if p.kind in ("rewrite", "paraphrase", "neighborhood") and p.case_id in ids]
+    return [i for i, p in enumerate(probes) if p.kind in kinds and p.case_id in ids]
 
 
 def case_probes(probes, case_ids: set[str]) -> list[int]:
@@ -81,15 +84,17 @@ def time_key(value: str | None) -> tuple[int, int, int] | None:
     return int(m.group(1)), int(m.group(2) or 0), int(m.group(3) or 0)
 
 
-def edit_order(requests: list[EditRequest], order: str) -> tuple[list[int], str]:
-    """(indices in the order edits are applied, "time" or "file")."""
+def edit_order(requests: list[EditRequest], order: str, key: str = "edit_order") -> tuple[list[int], str]:
+    """(indices in the order edits are applied, "time" or "file"); key: the config key that asked for the order."""
     keys = [time_key(r.time_start) for r in requests]
     if order == "file" or (order == "auto" and any(k is None for k in keys)):
         return list(range(len(requests))), "file"
     missing = [r.case_id for r, k in zip(requests, keys) if k is None]
     if missing:
-        raise UserError(f"edit_order: time needs a readable time_start on every edit; {len(missing)} of "
-                        f"{len(requests)} lack one (first: {missing[0]}); use edit_order: file")
+        asked, fallback = ("stream.order: time_start", "stream.order: file") if key == "stream.order" \
+            else ("edit_order: time", "edit_order: file")
+        raise UserError(f"{asked} needs a readable time_start on every edit; {len(missing)} of "
+                        f"{len(requests)} lack one (first: {missing[0]}); use {fallback}")
     # Stable: edits that start on the same day keep their file order.
     return sorted(range(len(requests)), key=lambda i: keys[i]), "time"
 
@@ -215,6 +220,8 @@ class Setting:
     measure: Callable  # (model, probes, desc) -> Measurement
     reseed: Callable[[], None]
     progress: Callable[[str], None] = print
+    # Edit streams: called with each wave's stream.jsonl record as soon as it is measured.
+    on_wave: Callable[[dict], None] | None = None
 
 
 class Clock:
@@ -375,11 +382,15 @@ def _resume(implementation, previous, tokenizer, requests, options, ctx):
     return implementation.edit(previous.model, tokenizer, requests, options, ctx)
 
 
-def run_sequential(s: Setting, eval_every: int | None = None, order: str = "auto") -> Result:
+def run_sequential(s: Setting, eval_every: int | None = None, order: str = "auto", wave: int | str | None = None) -> Result:
+    """Edits one after another (wave None), or an edit stream: waves of edits (trial.stream), scored after each."""
+    from chronosweep.trial import stream
+
     indices, used = edit_order(s.requests, order)
+    plan = stream.waves(s.requests, indices, wave) if wave is not None else [(s.requests[i].case_id, [i]) for i in indices]
     local = locality_probes(s.probes)
-    n = len(indices)
-    history, checkpoints, fresh = [], [], []
+    n = len(plan)
+    history, checkpoints, fresh, records = [], [], [], []
     edit, evaluation = Clock(), Clock()
     modules: dict[str, None] = {}
     layers: set[int] = set()
@@ -389,37 +400,46 @@ def run_sequential(s: Setting, eval_every: int | None = None, order: str = "auto
     since: list[EditRequest] = []
     final_rows: list[dict] = []
     trained = Trained()
+    kinds = stream.CHECKPOINT_KINDS if wave is not None else EDIT_KINDS
     s.reseed()
-    for step, i in enumerate(indices):
-        req = s.requests[i]
+    for step, (label, group) in enumerate(plan):
+        reqs = [s.requests[i] for i in group]
         ctx = _with_step(s.ctx, step, epochs)
+        if wave is not None:
+            s.progress(f"wave {step + 1}/{n} ({label}): {len(reqs)} edits")
         with edit.timed():
             if outcome is None:
-                outcome = s.implementation.edit(s.model, s.tokenizer, [req], s.options, ctx)
+                outcome = s.implementation.edit(s.model, s.tokenizer, reqs, s.options, ctx)
             else:
-                outcome = _resume(s.implementation, outcome, s.tokenizer, [req], s.options, ctx)
+                outcome = _resume(s.implementation, outcome, s.tokenizer, reqs, s.options, ctx)
         history += _tag(outcome.history, step, epochs)
         trained.add(outcome, step)
         modules.update(dict.fromkeys(outcome.edited_modules))
         layers.update(outcome.edited_layers)
-        applied.append(req)
-        since.append(req)
+        applied += reqs
+        since += reqs
         last = step == n - 1
-        if not (last or (eval_every and (step + 1) % eval_every == 0)):
+        if not (last or wave is not None or (eval_every and (step + 1) % eval_every == 0)):
             continue
         # Multi-hop cases count once all their edits are in.
         ids = {r.case_id for r in applied}
         done = {m.case_id for r in applied for m in r.multihop_cases}
         done -= {m.case_id for r in s.requests if r.case_id not in ids for m in r.multihop_cases}
-        idx = sorted(edit_probes(s.probes, applied) + case_probes(s.probes, done) + local)
+        idx = sorted(edit_probes(s.probes, applied, kinds) + case_probes(s.probes, done) + local)
         if last:
             idx = list(range(len(s.probes)))
         with evaluation.timed():
             post = s.measure(outcome.model, [s.probes[j] for j in idx], f"checkpoint {step + 1}/{n}")
         rows = merged_rows(s.probes, s.pre, [(idx, post)])
-        checkpoints.append({"n_applied": step + 1, **metrics_of(rows)})
+        metrics = metrics_of(rows)
+        checkpoints.append({"n_applied": len(applied), **metrics})
+        if wave is not None:
+            records.append(stream.record(step, plan, s.requests, rows, metrics,
+                                         {"edit_seconds": edit.wall, "eval_seconds": evaluation.wall}))
+            if s.on_wave is not None:
+                s.on_wave(records[-1])
         new_cases = {m.case_id for r in since for m in r.multihop_cases} & done
-        new = set(edit_probes(s.probes, since) + case_probes(s.probes, new_cases) + local)
+        new = set(edit_probes(s.probes, since, kinds) + case_probes(s.probes, new_cases) + local)
         positions = [k for k, j in enumerate(idx) if j in new]
         fresh.append(([idx[k] for k in positions], subset(post, positions)))
         since = []
@@ -427,6 +447,11 @@ def run_sequential(s: Setting, eval_every: int | None = None, order: str = "auto
             final_rows = rows
     extra = {"edit_order": used, "eval_every": eval_every, "applied_order": [s.requests[i].case_id for i in indices],
              "checkpoints": checkpoints}
+    if wave is not None:
+        final_rows = stream.tag_waves(final_rows, plan, s.requests)
+        extra["stream"] = records
+        extra["stream_waves"] = n
+        extra["stream_wave"] = wave
     if len(checkpoints) > 1:
         # Each edit scored at the first checkpoint after it was applied (right after it, with eval_every 1);
         # locality averaged over the checkpoints.

@@ -47,7 +47,7 @@ def prepare_run_dir(run_dir: Path, force: bool) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     # metrics.json.tmp: what a run killed while writing its metrics left behind.
     for name in ("metrics.json", "metrics.json.tmp", "error.txt", "predictions.jsonl", "history.jsonl",
-                 "training_prompts.json"):
+                 "training_prompts.json", "stream.jsonl"):
         (run_dir / name).unlink(missing_ok=True)
 
 
@@ -73,7 +73,8 @@ def plan(cfg: TrialConfig):
     try:
         edits = load_edits(cfg.data)
         if cfg.protocol == "sequential":
-            edit_order(edits.requests, cfg.edit_order)
+            edit_order(edits.requests, sequential_order(cfg),
+                       "stream.order" if cfg.stream.wave is not None else "edit_order")
     except UserError as err:
         if not problems:
             raise
@@ -82,6 +83,18 @@ def plan(cfg: TrialConfig):
     if problems:
         raise ConfigError(problems)
     return method, info, edits
+
+
+def sequential_order(cfg: TrialConfig) -> str:
+    """The edit order of the sequential protocol: a stream's stream.order, else edit_order."""
+    if cfg.stream.wave is not None:
+        return "time" if cfg.stream.order == "time_start" else "file"
+    return cfg.edit_order
+
+
+def _append(path: Path, record: dict) -> None:
+    with open(path, "a") as fh:
+        fh.write(json.dumps(record) + "\n")
 
 
 def _device_and_dtype(cfg: TrialConfig):
@@ -168,6 +181,7 @@ def run_trial(cfg: TrialConfig, run_dir: Path | str, on_epoch: Callable[[int, di
 def _execute(cfg, run_dir, method, info, edits, on_epoch, progress) -> dict:
     import torch
 
+    from chronosweep.core import history
     from chronosweep.core.models import cache_dir, load, resolve
     from chronosweep.data.hygiene import describe
     from chronosweep.editing.base import EditContext
@@ -212,13 +226,17 @@ def _execute(cfg, run_dir, method, info, edits, on_epoch, progress) -> dict:
         model=model, tokenizer=tokenizer, requests=edits.requests, probes=probes, pre=pre,
         implementation=method.load(), options=cfg.options, ctx=ctx,
         measure=lambda m, ps, desc: measure(m, tokenizer, ps, cfg.eval, device, desc=desc),
-        reseed=lambda: _seed_everything(cfg.seed), progress=progress)
-    extra_args = {"eval_every": cfg.eval_every, "order": cfg.edit_order} if cfg.protocol == "sequential" else {}
+        reseed=lambda: _seed_everything(cfg.seed), progress=progress,
+        on_wave=lambda record: _append(run_dir / "stream.jsonl", record))
+    extra_args = {"eval_every": cfg.eval_every, "order": sequential_order(cfg),
+                  "wave": cfg.stream.wave} if cfg.protocol == "sequential" else {}
     result = protocols.run(cfg.protocol, setting, **extra_args)
     outcome = result.outcome
     with open(run_dir / "history.jsonl", "w") as fh:
         for record in result.history:
             fh.write(json.dumps(record) + "\n")
+    # stream.jsonl was written wave by wave (a long stream can be watched, and a stopped one keeps its waves).
+    result.extra.pop("stream", None)
     # Under single the model is back to the unedited one: there is no edited model to save.
     if cfg.save_artifacts and outcome.save is not None and result.edited_model_kept:
         outcome.save(run_dir)
@@ -261,6 +279,9 @@ def _execute(cfg, run_dir, method, info, edits, on_epoch, progress) -> dict:
         "n_hops": sum(1 for p in probes if p.kind == "hop"),
         "n_locality": sum(1 for p in probes if p.kind == "locality"),
         "n_neighborhood": sum(1 for p in probes if p.kind == "neighborhood"),
+        "n_history": sum(1 for p in probes if p.kind == "history"),
+        "n_temporal": sum(1 for p in probes if p.kind == "temporal"),
+        "history_coverage": history.plan(edits.requests, cfg.eval.history_holders).coverage(),
         "pre": pre_metrics,
         **result.extra,
         "edit_seconds": edit_seconds,

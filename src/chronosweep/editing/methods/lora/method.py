@@ -39,7 +39,12 @@ class LoRA:
                            training=trained.summary, training_prompts=trained.prompts)
 
     def resume(self, previous: EditOutcome, tokenizer, requests, options: LoraOptions, ctx: EditContext) -> EditOutcome:
-        """Sequential editing: the same adapter trains on the next edits."""
+        """Sequential editing and edit streams: the same adapter trains on the next edits (single_adapter), or the
+        adapter so far is merged into the weights and a new one trains on them (adapter_per_wave)."""
+        if options.stream_strategy == "adapter_per_wave":
+            merged = previous.model.merge_and_unload()
+            outcome = self.edit(merged, tokenizer, requests, options, ctx)
+            return dataclasses.replace(outcome, trainable_params=previous.trainable_params + outcome.trainable_params)
         trained = train_on_edits(previous.model, tokenizer, requests, options, ctx, desc="lora",
                                  prefix_cache=options.prefix_cache)
         return dataclasses.replace(previous, history=trained.history, training=trained.summary,

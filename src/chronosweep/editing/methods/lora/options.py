@@ -15,6 +15,9 @@ class LoraOptions(LayerWindow, TrainingOptions):
     rank: int = opt(32, "LoRA rank r")
     alpha: float = opt(64.0, "LoRA scaling alpha (the update is scaled by alpha / rank)")
     dropout: float = opt(0.0, "dropout on the LoRA input")
+    stream_strategy: Literal["single_adapter", "adapter_per_wave"] = opt(
+        "single_adapter", "sequential protocol and edit streams: one adapter trained on, step after step, or a new "
+        "adapter per step (wave) merged into the weights before the next")
     layer_start: int | None = 12
     layer_width: int = 6
     lr: float = 2e-3

@@ -195,7 +195,7 @@ def test_history_preserving_lora_trains_facts_it_never_scores(fact_llama_dir, tm
 
     def spy(self, requests):
         out = real(self, requests)
-        trained.extend(self.facts[self.examples.index(e)].prompt for e in out)
+        trained.extend(self.facts[i].prompt for i in out)
         return out
 
     monkeypatch.setattr(history_training.HistoryFacts, "take", spy)
@@ -208,6 +208,10 @@ def test_history_preserving_lora_trains_facts_it_never_scores(fact_llama_dir, tm
     rows = [json.loads(line) for line in Path(tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
     assert {r["probe"] for r in rows} >= {"history", "temporal"}
     assert not set(trained) & {r["prompt"] for r in rows}
+    # What the run says it trained (training_prompts.json, which run_trial checks against every probe) holds them.
+    recorded = json.loads((tmp_path / "run" / "training_prompts.json").read_text())["examples"]
+    assert set(trained) <= {e["prompt"] for e in recorded if e["source"] == "history"}
+    assert m["training"]["disjoint_from_eval"] is True
     assert m["config"]["lora"]["history_weight"] == 0.5
 
 

@@ -77,7 +77,12 @@ def test_readme_chronosweep_commands_parse_and_name_shipped_files():
     assert len(commands) >= 6
     for argv in commands:
         args = build_parser().parse_args(argv)
-        if args.command == "sweep":
+        if args.command == "sweep" and getattr(args, "dry_run", False):
+            from chronosweep.sweep.dryrun import load_for_dry_run
+
+            # What --dry-run validates: model shapes offline (a 7B id needs no network).
+            load_for_dry_run(str(ROOT / args.sweep), args.overrides)
+        elif args.command == "sweep":
             load_sweep(ROOT / args.sweep, args.overrides)
         if args.command == "edit" and args.config:
             load_config(ROOT / args.config, args.overrides)

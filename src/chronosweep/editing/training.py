@@ -206,37 +206,32 @@ def train_on_edits(model, tokenizer, requests, options: TrainingOptions, ctx: Ed
             picked.append(retain_order.pop())
         return picked
 
-    def history_term(forward, hidx: list[int], out: dict):
-        """The mean loss of these history facts (their own target tokens), for the same step."""
-        chosen = [facts.examples[i] for i in hidx]
+    def target_loss(forward, chosen: list[dict], cached: list[int]):
+        """(mean loss over the examples' target tokens, per example: all targets the argmax, tokens run); cached:
+        the examples' places among the prefix cache's texts."""
         batch = {k: v.to(device) for k, v in collate(chosen, pad).items()}
         width = batch["input_ids"].shape[1]
         extra = {}
         if keep_logits:
             extra["logits_to_keep"] = width - min(e["n_prompt"] for e in chosen) + 1
         if cache is not None:
-            cache.feed([len(examples) + len(rows) + i for i in hidx], width)
+            cache.feed(cached, width)
         logits = forward(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False,
                          **extra).logits
-        term, _ = edit_loss(logits[:, -extra.get("logits_to_keep", width):], batch["labels"])
+        loss, hit = edit_loss(logits[:, -extra.get("logits_to_keep", width):], batch["labels"])
+        return loss, hit, int(batch["attention_mask"].sum())
+
+    def history_term(forward, hidx: list[int], out: dict):
+        """The mean loss of these history facts (their own target tokens), for the same step."""
+        term, _, tokens = target_loss(forward, [facts.examples[i] for i in hidx],
+                                      [len(examples) + len(rows) + i for i in hidx])
         out["history_loss"] = float(term.detach())
-        out["tokens"] += int(batch["attention_mask"].sum())
+        out["tokens"] += tokens
         return term
 
     def step_loss(forward, idx: list[int], ridx: list[int], out: dict, hidx: list[int] = ()):
-        chosen = [examples[i] for i in idx]
-        batch = {k: v.to(device) for k, v in collate(chosen, pad).items()}
-        width = batch["input_ids"].shape[1]
-        extra = {}
-        if keep_logits:
-            extra["logits_to_keep"] = width - min(e["n_prompt"] for e in chosen) + 1
-        if cache is not None:
-            cache.feed(idx, width)
-        logits = forward(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False,
-                         **extra).logits
-        keep = extra.get("logits_to_keep", width)
-        loss, hit = edit_loss(logits[:, -keep:], batch["labels"])
-        out.update(ce=float(loss.detach()), hit=hit.tolist(), tokens=int(batch["attention_mask"].sum()))
+        loss, hit, tokens = target_loss(forward, [examples[i] for i in idx], idx)
+        out.update(ce=float(loss.detach()), hit=hit.tolist(), tokens=tokens)
         if ridx:
             # Subject prompts (KL on their last token) and long texts (every position) run as separate batches, so
             # neither is padded to the other's width, and each computes the head only where the KL reads it.

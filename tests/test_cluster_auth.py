@@ -65,10 +65,11 @@ def _head_command(home: Path, temp: Path, dashboard: int) -> str:
 @pytest.mark.ray
 def test_a_head_started_as_the_launcher_config_says_refuses_anonymous_jobs(tmp_path):
     config = launcher_config()
-    # The node's HOME: the venv the config names is this test's own environment.
+    # The node's HOME: the venv the config names is this test's own environment. The whole venv, not only its
+    # bin/: a job's `python` finds its site-packages through the pyvenv.cfg beside bin/.
     home = tmp_path / "head-home"
-    (home / "venv").mkdir(parents=True)
-    (home / "venv" / "bin").symlink_to(BIN)
+    home.mkdir()
+    (home / "venv").symlink_to(BIN.parent)
     base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     node_env = dict(base, HOME=str(home))
     for command in config["head_setup_commands"]:

@@ -99,7 +99,7 @@ def test_single_equals_one_trial_per_edit(method, fact_llama_dir, tmp_path, data
         ours = [r for r in rows if r["case_id"] == theirs[0]["case_id"]]
         mine = [(r["probe"], r["post"], r["token_acc"]) for r in ours]
         assert mine == [(r["probe"], r["post"], r["token_acc"]) for r in theirs if r["probe"] != "locality"]
-        locality.append({r["prompt"]: r["token_acc"] for r in theirs if r["probe"] == "locality"})
+        locality.append({r["prompt"]: (r["token_acc"], r["answer_score"]) for r in theirs if r["probe"] == "locality"})
     # Locality: every edit's agreement with the unedited model, averaged over the edits. (A one-edit run picks its
     # locality facts avoiding only its own subject, so compare the probes both runs have.)
     ours = [r for r in rows if r["probe"] == "locality"]
@@ -107,9 +107,10 @@ def test_single_equals_one_trial_per_edit(method, fact_llama_dir, tmp_path, data
     for row in ours:
         for i, loc in enumerate(locality):
             if row["prompt"] in loc:
-                assert row["token_acc_all"][i] == pytest.approx(loc[row["prompt"]])
+                assert (row["token_acc_all"][i], row["answer_score_all"][i]) == pytest.approx(loc[row["prompt"]])
                 compared += 1
         assert row["token_acc"] == pytest.approx(sum(row["token_acc_all"]) / 4)
+        assert row["answer_score"] == pytest.approx(sum(row["answer_score_all"]) / 4)
     assert compared >= len(ours)
     assert single["locality_acc"] == pytest.approx(sum(r["token_acc"] for r in ours) / len(ours))
 

@@ -152,3 +152,30 @@ def test_confusion_names_one_subjects_edits_overwriting_each_other():
     assert metrics["confusion"] == pytest.approx(1 / 6) and pre_metrics["confusion"] == 0.0
     # The locality continuation names Meloni before and after the edit: not a leak.
     assert metrics["leakage"] == 0.0
+
+
+def test_single_scores_a_locality_probe_after_every_edit_and_averages_each_of_its_scores():
+    """Under protocol single the locality probe is measured after each edit: leakage, locality_answer and
+    locality_exact are its share over those evaluations, not its first one's."""
+    from chronosweep.evaluation.scoring import aggregate, unit_values
+    from chronosweep.trial import protocols
+
+    place = "Vinson Massif is located in the continent of"
+    edits = EditSet("t", [EditRequest("e1", "Sweden", "The head of the Sweden government is", "Ulf Kristersson"),
+                          EditRequest("e2", "Italy", "The head of the Italy government is", "Giorgia Meloni")],
+                    [LocalityProbe(place)])
+    probes = build_probes(edits, EvalConfig())
+    pre = _measure(probes, {place: " Antarctica."}, " I do not know.")
+    evaluations = []
+    for req, locality in zip(edits.requests, (" Antarctica.", " Giorgia Meloni.")):
+        idx = sorted(protocols.edit_probes(probes, [req]) + protocols.locality_probes(probes))
+        evaluations.append((idx, _measure([probes[i] for i in idx], {place: locality}, f" {req.target_new}.")))
+    rows = protocols.merged_rows(probes, pre, evaluations)
+    (row,) = [r for r in rows if r["probe"] == "locality"]
+    assert row["post"] == " Antarctica." and row["post_all"] == [" Antarctica.", " Giorgia Meloni."]
+    assert row["same_answer_all"] == [True, False] and row["same_answer"] == 0.5
+    assert row["answer_score_all"][0] == 1.0 and row["answer_score"] == pytest.approx(row["answer_score_all"][1] / 2 + 0.5)
+    metrics = aggregate(unit_values(rows))
+    # The second edit's object leaks into the probe: one evaluation of two.
+    assert metrics["leakage"] == 0.5 and metrics["locality_exact"] == 0.5
+    assert metrics["locality_answer"] == pytest.approx(row["answer_score"]) and metrics["reliability"] == 1.0

@@ -21,7 +21,8 @@ from chronosweep.evaluation import units as rules
 # Bumped whenever a metric's definition changes, so results of different definitions are never pooled unknowingly.
 # 3: locality split into drift and damage, Wilson intervals, leakage/confusion/multi-hop specificity.
 # 4: teacher-forced token accuracies tokenise prompt and target as one text, exactly as EasyEdit does.
-SCORING_VERSION = 4
+# 5: under protocol single a locality probe's answer scores and leakage average over every edit's evaluation.
+SCORING_VERSION = 5
 
 Unit = Literal["edit", "probe", "case"]
 Interval = Literal["wilson", "bootstrap"]

@@ -82,9 +82,12 @@ def leakage(rows: list[dict], side: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for unit, r in _leak_rows(rows):
         expected = r.get("expected") or () if r.get("probe") == "hop" else ()
-        pre, post = f" {normalize(_text(r, 'pre'))} ", f" {normalize(_text(r, 'post'))} "
-        out[unit] = float(any(contains_normalized(post, a) and not contains_normalized(pre, a)
-                              for a in objects if not (expected and _overlap(a, expected))))
+        pre = f" {normalize(_text(r, 'pre'))} "
+        # A locality probe scored after each edit (protocol single) leaks in the share of those evaluations.
+        posts = r.get("post_all") if r.get("probe") == "locality" and r.get("post_all") else [_text(r, "post")]
+        leaks = [any(contains_normalized(f" {normalize(post or '')} ", a) and not contains_normalized(pre, a)
+                     for a in objects if not (expected and _overlap(a, expected))) for post in posts]
+        out[unit] = fmean(float(x) for x in leaks)
     return out
 
 

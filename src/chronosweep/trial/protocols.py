@@ -174,8 +174,9 @@ def subset(measurement, positions: list[int]):
 def merged_rows(probes, pre, evaluations: list[tuple[list[int], object]]) -> list[dict]:
     """One prediction row per probe, from post-edit measurements of probe subsets (index list, measurement).
 
-    A probe scored once keeps that row; a locality probe scored after several edits gets the mean of its scores
-    (score, token_acc), its post-edit continuations in post_all (post: the first).
+    A probe scored once keeps that row; a locality probe scored after several edits gets the mean of each score
+    over them (AVERAGED), the values per edit in <field>_all and its post-edit continuations in post_all (post and
+    post_answer: after the first edit).
     """
     from chronosweep.evaluation.scoring import score_rows
 
@@ -190,11 +191,17 @@ def merged_rows(probes, pre, evaluations: list[tuple[list[int], object]]) -> lis
         if len(rows) == 1 or probes[i].kind != "locality":
             out.append(rows[0])
             continue
-        accs = [r["token_acc"] for r in rows if r["token_acc"] is not None]
-        out.append({**rows[0], "score": fmean(r["score"] for r in rows), "token_acc": fmean(accs) if accs else None,
-                    "post_all": [r["post"] for r in rows], "score_all": [r["score"] for r in rows],
-                    "token_acc_all": [r["token_acc"] for r in rows]})
+        merged = {**rows[0], "post_all": [r["post"] for r in rows]}
+        for key in AVERAGED:
+            values = [float(r[key]) for r in rows if r.get(key) is not None]
+            merged[key] = fmean(values) if values else None
+            merged[f"{key}_all"] = [r.get(key) for r in rows]
+        out.append(merged)
     return out
+
+
+# The locality row's scores that single averages over its evaluations (same_answer becomes a share).
+AVERAGED = ("score", "token_acc", "answer_score", "same_answer")
 
 
 def metrics_of(rows: list[dict], side: str = "post") -> dict:

@@ -1,14 +1,15 @@
 """Issue #12's benchmark: edits that stay local, generalise and cost little, on the default model.
 
     .venv/bin/python benchmarks/local_edits.py --out runs/bench-local [--threads 2] [--parts plain local cache scale]
-        [--compare rome memit] [--set key=value ...]
+        [--compare rome memit rome:single] [--set key=value ...]
 
 Parts, each one `chronosweep edit` process (run_trial, the CLI's path) on the first 20 DyKnow edits unless said:
 - plain:  the study's plain LoRA, configs/trials/lora-mlp.yaml (frozen-prefix cache on, as shipped), beside local;
 - local:  configs/trials/lora-local.yaml, batch protocol: the targets below;
 - cache:  lora-mlp.yaml with lora.prefix_cache=false: the cached run (plain) against the uncached one, same loss;
 - scale:  lora-local.yaml on 50 and on all 111 DyKnow edits;
-- --compare rome memit: those methods' trial configs on the same edits, and paired 95% bootstrap intervals of
+- --compare rome memit rome:single: those methods' trial configs on the same edits (under their own protocol, or
+  the one after the colon), and paired 95% bootstrap intervals of
   (lora-local - method) over the edits (probes for locality) both runs scored: reliability, generalization,
   locality, locality_acc (and leakage, neighborhood where the metric registry has them).
 Runs go in pairs that start together (plain beside uncached, local beside a second plain run, the 50- beside the
@@ -106,7 +107,8 @@ def main() -> int:
     ap.add_argument("--edits", type=int, default=20)
     ap.add_argument("--parts", nargs="+", default=["plain", "local", "cache", "scale"],
                     choices=["plain", "local", "cache", "scale"])
-    ap.add_argument("--compare", nargs="*", default=[], choices=["rome", "memit"])
+    ap.add_argument("--compare", nargs="*", default=[], metavar="METHOD[:PROTOCOL]",
+                    help="rome, memit, rome:single, ...: that method's trial config, under its own protocol or this one")
     ap.add_argument("--sequential", action="store_true", help="one run at a time (an idle machine)")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     args = ap.parse_args()
@@ -138,10 +140,15 @@ def main() -> int:
         got = pair([("local-50", LOCAL, [*args.overrides, "data.limit=50"]),
                     ("local-all", LOCAL, [*args.overrides, "data.limit=null"])], args.out, args.threads, args.sequential)
         runs["local-50"], runs["local-all"] = got
-    for method in args.compare:
-        runs[method] = pair([(method, ROOT / "configs" / "trials" / f"{method}.yaml", limit)], args.out, args.threads,
-                            True)[0]
-        result[f"paired_local_minus_{method}"] = paired(runs["local"]["run_dir"], runs[method]["run_dir"])
+    for spec in args.compare:
+        method, _, protocol = spec.partition(":")
+        config = ROOT / "configs" / "trials" / f"{method}.yaml"
+        if method not in ("rome", "memit") or protocol not in ("", "batch", "single", "sequential"):
+            raise SystemExit(f"--compare {spec}: expected rome or memit, optionally :batch, :single or :sequential")
+        name = spec.replace(":", "-")
+        extra = [f"protocol={protocol}"] if protocol else []
+        runs[name] = pair([(name, config, [*limit, *extra])], args.out, args.threads, True)[0]
+        result[f"paired_local_minus_{name}"] = paired(runs["local"]["run_dir"], runs[name]["run_dir"])
 
     result["runs"] = {name: summary(m) for name, m in runs.items()}
     if "local" in runs:

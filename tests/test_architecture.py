@@ -96,7 +96,8 @@ def test_config_validation_imports_no_model_library(tmp_path):
 
 def test_the_method_registry_types_options_without_importing_them():
     code = ("import sys\nfrom chronosweep.editing.registry import METHODS\n"
-            "assert list(METHODS) == ['lora', 'ptuning', 'full', 'freeze', 'rome', 'rome-preserve', 'memit', 'memit-preserve'], "
+            "assert list(METHODS) == ['lora', 'lora-local', 'ptuning', 'full', 'freeze', 'rome', 'rome-preserve', "
+            "'memit', 'memit-preserve'], "
             "list(METHODS)\n"
             "assert all(s.options.__module__.endswith('.options') for s in METHODS.values())\n"
             "assert 'torch' not in sys.modules and 'peft' not in sys.modules\n")

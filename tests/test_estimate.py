@@ -150,9 +150,9 @@ def test_dry_run_of_the_methods_sweep_on_llama2_7b_needs_no_network(monkeypatch,
     assert code == 0
     lines = out.splitlines()
     rows = [line for line in lines if line[:2].strip().isdigit()]
-    assert len(rows) == 8 and all("meta-llama/Llama-2-7b-hf" in r for r in rows)
+    assert len(rows) == 9 and all("meta-llama/Llama-2-7b-hf" in r for r in rows)
     # Full fine-tuning of 6.7B parameters with DeepSpeed bf16 needs 16+ bytes per parameter: not on one 80 GB GPU.
-    assert "warning: trial 3 (method=full)" in out and "will not fit" in out
+    assert "warning: trial 4 (method=full)" in out and "will not fit" in out
     assert sum("warning:" in line for line in lines) == 1
     assert "cost" in lines[[i for i, line in enumerate(lines) if line.startswith("total:")][0]]
 
@@ -263,7 +263,7 @@ def test_the_dry_run_loads_neither_torch_nor_ray():
             "'--set', 'base.model=meta-llama/Llama-2-7b-hf']); "
             "print('LOADED', sorted(m for m in ('torch', 'ray', 'transformers', 'polars') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert "LOADED []" in out and "total: 8 trial(s)" in out
+    assert "LOADED []" in out and "total: 9 trial(s)" in out
 
 
 def test_protocols_repeat_the_work_they_repeat():

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from chronosweep.core.errors import UserError
 
-ADAPTER_METHODS = ("lora", "ptuning")
+# Algorithms (the registry's `algorithm`, so variants such as lora-local count as their algorithm) whose edit is a peft adapter.
+ADAPTER_ALGORITHMS = ("lora", "ptuning")
 EXPORT_RECORD = "chronosweep_export.json"
 # Files that travel with a model's weights (licence terms, notices) and are copied from the base model's directory.
 _KEEP = ("LICENSE", "LICENCE", "NOTICE", "GEMMA_TERMS", "USE_POLICY")
@@ -64,8 +65,14 @@ def read_run(run_dir: Path):
     return cfg, metrics
 
 
+def algorithm_of(method: str) -> str:
+    from chronosweep.editing.registry import get_spec
+
+    return get_spec(method).algorithm
+
+
 def artifact(run_dir: Path, method: str) -> Path:
-    path = run_dir / ("adapter" if method in ADAPTER_METHODS else "trained_params.safetensors")
+    path = run_dir / ("adapter" if algorithm_of(method) in ADAPTER_ALGORITHMS else "trained_params.safetensors")
     if not path.exists():
         raise ExportError(f"{run_dir}: {path.name} is missing; the {method} run saved no edited weights to export")
     return path
@@ -84,10 +91,11 @@ def export_run(run_dir: Path, out: Path, adapter_only: bool = False, dtype: str 
     run_dir, out = Path(run_dir), Path(out)
     cfg, metrics = read_run(run_dir)
     source = artifact(run_dir, cfg.method)
-    if adapter_only and cfg.method not in ADAPTER_METHODS:
+    algorithm = algorithm_of(cfg.method)
+    if adapter_only and algorithm not in ADAPTER_ALGORITHMS:
         raise ExportError(f"--adapter-only: {cfg.method} has no adapter, its edit is in the weights "
                           f"({source.name}); export without --adapter-only")
-    if cfg.method == "ptuning" and not adapter_only:
+    if algorithm == "ptuning" and not adapter_only:
         raise ExportError("P-tuning's edit is a set of virtual tokens put in front of every input, not a change of "
                           "weights: export it with --adapter-only (a peft prompt-encoder adapter for "
                           "PeftModel.from_pretrained over the base model)")
@@ -112,7 +120,7 @@ def export_run(run_dir: Path, out: Path, adapter_only: bool = False, dtype: str 
     info = resolve(cfg.model, cfg.revision, cfg.trust_remote_code, fetch=True)
     progress(f"loading {cfg.model} ({precision}) ...")
     model, _ = load(info, torch.device("cpu"), torch_dtype, cfg.revision, cfg.trust_remote_code)
-    if cfg.method == "lora":
+    if algorithm == "lora":
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(source)).merge_and_unload()

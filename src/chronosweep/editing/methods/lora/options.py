@@ -1,4 +1,5 @@
-"""LoRA's options (peft's LoraConfig fields chronosweep exposes, plus the window and the training loop)."""
+"""LoRA's options (peft's LoraConfig fields chronosweep exposes, plus the window and the training loop), and those
+of chronosweep's variant lora-local."""
 
 from __future__ import annotations
 
@@ -28,3 +29,18 @@ class LoraOptions(LayerWindow, TrainingOptions):
         at_least(where, self, ("rank",), 1, problems)
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"{where}.dropout: must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class LoraLocalOptions(LoraOptions):
+    """lora-local: the study's LoRA with the locality KL on retain prompts (ROME's "{subject} is a" and texts the
+    unedited model samples) and early stopping switched on, with the defaults measured best on the first 20 DyKnow
+    edits (docs/benchmarks.md, "Edits that stay local"). Every option can still be set (n_prefixes among them:
+    two prefixes were not separated from none there, at three times the edit time)."""
+
+    kl_weight: float = 4.0
+    kl_reference: Literal["auto", "live", "once"] = "once"
+    retain_per_step: int = 16
+    retain_sampled: int = 32
+    retain_sampled_tokens: int = 16
+    patience: int = 2

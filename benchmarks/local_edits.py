@@ -70,7 +70,8 @@ def summary(m: dict) -> dict:
     training = m.get("training") or {}
     keep["stop_reason"] = training.get("stop_reason")
     keep["prefix_cache"] = (training.get("prefix_cache") or {}).get("status")
-    keep["final_loss"] = m["history"][-1]["loss"] if m.get("history") else None
+    # The last row that has a loss (ROME's single protocol ends its history with per-edit rows that may not).
+    keep["final_loss"] = next((r["loss"] for r in reversed(m.get("history") or []) if "loss" in r), None)
     return keep
 
 
@@ -89,8 +90,7 @@ def paired(local_dir: str, other_dir: str, seed: int = 0) -> dict:
     out = {}
     for metric in PAIRED:
         if metric not in a or metric not in b:
-            out[metric] = "pending: not in this version's metric registry" if metric in ("leakage", "neighborhood") \
-                else None
+            out[metric] = "no units: these runs scored no probe of this metric"
             continue
         shared = sorted(set(a[metric]) & set(b[metric]))
         diffs = np.array([a[metric][u] - b[metric][u] for u in shared])

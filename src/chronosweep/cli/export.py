@@ -16,8 +16,9 @@ import shutil
 from pathlib import Path
 
 from chronosweep.core.errors import UserError
+from chronosweep.editing.registry import algorithm_of
 
-# Algorithms (the registry's `algorithm`, so variants such as lora-local count as their algorithm) whose edit is a peft adapter.
+# Algorithms whose edit is a peft adapter (variants such as lora-local count as their algorithm).
 ADAPTER_ALGORITHMS = ("lora", "ptuning")
 EXPORT_RECORD = "chronosweep_export.json"
 # Files that travel with a model's weights (licence terms, notices) and are copied from the base model's directory.
@@ -63,12 +64,6 @@ def read_run(run_dir: Path):
                           f"be exported; run it again with save_artifacts: true "
                           f"(chronosweep edit {config_path} --set save_artifacts=true --out DIR)")
     return cfg, metrics
-
-
-def algorithm_of(method: str) -> str:
-    from chronosweep.editing.registry import get_spec
-
-    return get_spec(method).algorithm
 
 
 def artifact(run_dir: Path, method: str) -> Path:

@@ -60,6 +60,11 @@ def get_spec(name: str) -> MethodSpec:
         raise KeyError(f"unknown method {name!r} (known: {', '.join(METHODS)})") from None
 
 
+def algorithm_of(name: str) -> str:
+    """The published algorithm a registered method implements (a variant such as rome-preserve answers rome)."""
+    return get_spec(name).algorithm
+
+
 def get_method(name: str):
     """The implementation of a registered method (imports it)."""
     return get_spec(name).load()

@@ -146,9 +146,9 @@ def _window(options, shape: ModelShape) -> list[int]:
 
 def algorithm(method: str) -> str:
     """The published algorithm a registered method implements (rome-preserve costs what rome does)."""
-    from chronosweep.editing.registry import get_spec
+    from chronosweep.editing.registry import algorithm_of
 
-    return get_spec(method).algorithm or method
+    return algorithm_of(method)
 
 
 def trainable(method: str, options, shape: ModelShape) -> dict:

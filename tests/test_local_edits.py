@@ -18,12 +18,12 @@ from chronosweep.data import DataError, load_edits
 from chronosweep.data.config import DataConfig
 from chronosweep.editing import kl as kl_term
 from chronosweep.editing.registry import get_method
-from chronosweep.editing.retain import HeldOut, build_pool, subject_prompts
+from chronosweep.editing.retain import HeldOut, HeldSubjects, build_pool, subject_prompts
 from chronosweep.editing.training import edit_loss, train_on_edits
 from chronosweep.evaluation.config import EvalConfig
 from chronosweep.evaluation.probes import Probe, build_probes
 from chronosweep.trial.config import load_config
-from chronosweep.trial.run import held_out_prompts, run_trial
+from chronosweep.trial.run import held_out_prompts, held_out_subjects, run_trial, training_overlaps
 from tests.tiny_facts import one_thread  # noqa: F401 (autouse fixture)
 from tests.trainkit import load_tiny, make_ctx, tiny_requests
 
@@ -195,6 +195,57 @@ def test_retain_prompts_are_disjoint_from_evaluation_probes(data_root, tmp_path)
     assert pool.by_source()["subject"] == len(subjects) * len(cfg.options.retain_templates)
 
 
+def test_retain_texts_naming_a_probe_subject_are_dropped_even_as_paraphrases(tmp_path):
+    requests = [EditRequest("a", "Italy", "The President of Italy is", "X")]
+    locality = [LocalityProbe("Sachimi Iwao is a citizen of", "Japan", "Sachimi Iwao"),
+                LocalityProbe("Paris is the capital of", "France", "Paris")]
+    edits = EditSet("t", requests, locality)
+    subjects = held_out_subjects(edits)
+    assert subjects == ("Sachimi Iwao", "Paris")
+    retain = tmp_path / "retain.txt"
+    # A paraphrase of a probe's fact (the prompt check lets it through), the subject in other case and spacing,
+    # and two that only share letters with a subject.
+    retain.write_text("Sachimi Iwao holds a citizenship from\nIn  PARIS, the river\nParisian cafes are\n"
+                      "Sachimi Iwaoka wrote\nThe weather in spring is\n")
+    cfg = load_config(None, ["lora.kl_weight=1", f"lora.retain_file={retain}"])
+    held = held_out_prompts(build_probes(edits, EvalConfig()))
+    assert HeldOut(held).hit("Sachimi Iwao holds a citizenship from") is None
+    pool = build_pool(requests, cfg.options, ["A text on Sachimi Iwao", "A text on nothing"], held, subjects)
+    assert {p.text for p in pool.prompts if p.source != "subject"} == {
+        "Parisian cafes are", "Sachimi Iwaoka wrote", "The weather in spring is", "A text on nothing"}
+    assert sorted(hit for _, hit in pool.dropped) == ["subject: paris", "subject: sachimi iwao",
+                                                       "subject: sachimi iwao"]
+    assert pool.dropped_for_subjects() == 3
+    # The edited subject's own prompts are about it by design, even when it has neighbourhood probes.
+    near = EditSet("n", [EditRequest("a", "Italy", "The President of Italy is", "X",
+                                     neighborhood=(LocalityProbe("The capital of Italy is"),))], [])
+    pool = build_pool(near.requests, cfg.options, ["Italy is famous for pasta"], (), held_out_subjects(near))
+    assert "Italy is a" in {p.text for p in pool.prompts}
+    assert [p.text for p, _ in pool.dropped] == ["Italy is famous for pasta"]
+    # run_trial's own check after the edit says the same.
+    record = {"retain": [{"source": "file", "text": "In Paris, the river"},
+                         {"source": "subject", "text": "Paris is a"}]}
+    assert training_overlaps(record, (), subjects) == [("In Paris, the river", "subject: paris")]
+
+
+def test_counterfact_prompts_restating_known_1000_probes_are_kept_out(data_root, tmp_path):
+    edits = load_edits(DataConfig(root=str(data_root), limit=20, locality_limit=50))
+    subjects = held_out_subjects(edits)
+    assert len(subjects) == 50
+    prompts = [r["prompt"] for r in json.loads((data_root / "counterfact" / "counterfact-edit-1k.json").read_text())]
+    retain = tmp_path / "cf.txt"
+    retain.write_text("\n".join(prompts))
+    cfg = load_config(None, ["lora.kl_weight=1", f"lora.retain_file={retain}"])
+    held = held_out_prompts(build_probes(edits, EvalConfig()))
+    pool = build_pool(edits.requests, cfg.options, [], held, subjects)
+    names = HeldSubjects(subjects)
+    kept = [p.text for p in pool.prompts if p.source == "file"]
+    assert kept and all(names.hit(t) is None for t in kept)
+    by_subject = [p.text for p, hit in pool.dropped if hit.startswith("subject: ")]
+    # Such texts exist in this data and the prompt check alone keeps them.
+    assert by_subject and all(HeldOut(held).hit(t) is None for t in by_subject)
+
+
 def test_held_out_prompts_cover_every_probe_kind_but_the_edit_prompts():
     probes = [Probe("rewrite", "a", "The CEO of X is"), Probe("paraphrase", "a", "X's chief is"),
               Probe("locality", "l", "Paris is in"), Probe("neighborhood", "a", "The CEO of Y is"),
@@ -234,6 +285,7 @@ def test_a_run_trains_on_no_evaluation_probe_and_says_so(fact_llama_dir, data_ro
     metrics = run_trial(cfg, run, progress=lambda _: None)
     training = metrics["training"]
     assert training["disjoint_from_eval"] is True and training["eval_prompts_checked"] > 0
+    assert training["eval_subjects_checked"] == 4 == training["retain"]["held_out_subjects_checked"]
     assert training["retain"]["dropped_as_overlap"] >= 1
     assert metrics["epochs_run"] == training["epochs_run"] == len(metrics["history"]) == 2
     record = json.loads((run / "training_prompts.json").read_text())

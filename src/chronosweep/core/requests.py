@@ -34,10 +34,12 @@ class MultiHop:
 
 @dataclass(frozen=True)
 class LocalityProbe:
-    """An unrelated prompt whose answer the edit must leave alone; ``answer`` is informational."""
+    """An unrelated prompt whose answer the edit must leave alone; ``answer`` is informational. ``subject``, where
+    the source names it (known_1000, a user's record), keeps texts that name it out of the retain prompts."""
 
     prompt: str
     answer: str | None = None
+    subject: str | None = None
 
 
 @dataclass(frozen=True)

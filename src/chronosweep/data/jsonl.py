@@ -19,7 +19,7 @@ FIELDS = {"case_id", "subject", "prompt", "target_new", "target_new_aliases", "t
           "history"}
 MULTIHOP_FIELDS = {"case_id", "questions", "answer", "aliases", "hops", "cloze"}
 HOP_FIELDS = {"cloze", "answer", "aliases", "question", "changed"}
-LOCALITY_FIELDS = {"prompt", "answer"}
+LOCALITY_FIELDS = {"prompt", "answer", "subject"}
 HISTORY_FIELDS = {"holder", "start", "end"}
 # A year, optionally with month and day (1999, "1999-05", "+1999-05-18T00:00:00Z").
 _DATE = re.compile(r"^\s*[+-]?\d{1,9}(?:-\d{1,2}(?:-\d{1,2})?)?(?:T[\d:.]+Z?)?\s*$")
@@ -136,7 +136,8 @@ def parse(records: list[tuple[str, object]], path: Path, prefix: str) -> Parsed:
             time_end=_time(f, "time_end"),
             history=_history(f),
             locality=tuple(
-                LocalityProbe(p.rstrip(), loc.text("answer", required=False, nullable=True))
+                LocalityProbe(p.rstrip(), loc.text("answer", required=False, nullable=True),
+                              loc.text("subject", required=False, nullable=True))
                 for loc in _objects(f, "locality", LOCALITY_FIELDS)
                 if (p := loc.text("prompt")) is not None
             ),
@@ -144,7 +145,8 @@ def parse(records: list[tuple[str, object]], path: Path, prefix: str) -> Parsed:
         multihop = _multihop(f, case_id)
         more = tuple(c for j, m in enumerate(_objects(f, "cases", MULTIHOP_FIELDS))
                      if (c := _case(m, f"{case_id}:case:{j}")) is not None)
-        neighbours = tuple(LocalityProbe(p.rstrip(), loc.text("answer", required=False, nullable=True))
+        neighbours = tuple(LocalityProbe(p.rstrip(), loc.text("answer", required=False, nullable=True),
+                                         loc.text("subject", required=False, nullable=True))
                            for loc in _objects(f, "neighborhood", LOCALITY_FIELDS)
                            if (p := loc.text("prompt")) is not None)
         if multihop is not None:

@@ -8,8 +8,8 @@ from chronosweep.core.requests import LocalityProbe
 from chronosweep.data.errors import DataError, Fields, Problems, type_name
 
 
-def parse(data, path: Path) -> list[tuple[LocalityProbe, str | None]]:
-    """(probe, subject) per record; other keys (per-model flags, template, prediction) are ignored."""
+def parse(data, path: Path) -> list[LocalityProbe]:
+    """One probe per record, with its subject; other keys (per-model flags, template, prediction) are ignored."""
     if not isinstance(data, list):
         raise DataError(f"{path}: known_1000 is a list of facts, got {type_name(data)}")
     problems = Problems(str(path))
@@ -22,17 +22,17 @@ def parse(data, path: Path) -> list[tuple[LocalityProbe, str | None]]:
         prompt, answer = f.text("prompt"), f.text("attribute")
         subject = f.text("subject", required=False)
         if prompt is not None and answer is not None:
-            out.append((LocalityProbe(prompt.rstrip(), answer), subject))
+            out.append(LocalityProbe(prompt.rstrip(), answer, subject))
     problems.raise_if_any()
     return out
 
 
-def spread(facts: list[tuple[LocalityProbe, str | None]], limit: int, avoid: set[str]) -> list[LocalityProbe]:
+def spread(facts: list[LocalityProbe], limit: int, avoid: set[str]) -> list[LocalityProbe]:
     """Every k-th fact, deterministic and spread over the file so the probes span many relations.
 
     Facts about an edited subject are left out: an edit may rightly change what the model says about them.
     """
-    pool = [p for p, subject in facts if subject not in avoid]
+    pool = [p for p in facts if p.subject not in avoid]
     if limit <= 0 or not pool:
         return []
     if limit >= len(pool):

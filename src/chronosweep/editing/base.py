@@ -31,6 +31,8 @@ class EditContext:
     # Every evaluation prompt other than the edit prompts themselves (paraphrase, locality, neighborhood, multi-hop
     # probes ...): nothing a method trains on, retain prompts included, may overlap one (editing.retain.HeldOut).
     held_out: tuple[str, ...] = ()
+    # Subjects of the locality and neighbourhood probes: no sampled or file retain text may name one.
+    held_out_subjects: tuple[str, ...] = ()
 
 
 @dataclass

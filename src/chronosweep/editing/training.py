@@ -155,13 +155,17 @@ def train_on_edits(model, tokenizer, requests, options: TrainingOptions, ctx: Ed
     if options.kl_weight > 0:
         sampled, sampled_cached = sample("retain", model, tokenizer, options.retain_sampled,
                                          options.retain_sampled_tokens, ctx)
-        pool = build_pool(requests, options, sampled, ctx.held_out)
+        pool = build_pool(requests, options, sampled, ctx.held_out, ctx.held_out_subjects)
         rows = kl_term.retain_rows(tokenizer, pool.prompts)
         if not rows:
             raise NoRetainPrompts(f"kl_weight {options.kl_weight:g}: no retain prompt is left once those overlapping "
-                                  f"an evaluation probe are removed ({len(pool.dropped)} removed)")
+                                  f"an evaluation probe or naming a probe's subject are removed "
+                                  f"({len(pool.dropped)} removed)")
+        by_subject = pool.dropped_for_subjects()
         summary["retain"] = {"prompts": len(pool.prompts), "by_source": pool.by_source(),
-                             "dropped_as_overlap": len(pool.dropped), "held_out_checked": len(ctx.held_out),
+                             "dropped_as_overlap": len(pool.dropped) - by_subject, "dropped_as_subject": by_subject,
+                             "held_out_checked": len(ctx.held_out),
+                             "held_out_subjects_checked": len(ctx.held_out_subjects),
                              "sampled_cached": sampled_cached}
         prompts_record["retain"] = [{"source": p.source, "positions": p.positions, "text": p.text} for p in pool.prompts]
         prompts_record["retain_dropped"] = [{"source": p.source, "text": p.text, "overlaps": hit}

@@ -144,14 +144,36 @@ def held_out_prompts(probes) -> tuple[str, ...]:
     return tuple(seen)
 
 
-def training_overlaps(prompts: dict, held_out: tuple[str, ...]) -> list[tuple[str, str]]:
-    """(trained text, evaluation prompt) pairs that overlap; the bare edit prompts are the edits themselves."""
-    from chronosweep.editing.retain import HeldOut
+def held_out_subjects(edits) -> tuple[str, ...]:
+    """Subjects of the locality probes (where their source names them) and of the edits with neighbourhood probes:
+    a retain text naming one may restate a probe's fact in other words."""
+    seen: dict[str, None] = {}
+    for loc in edits.locality:
+        if loc.subject:
+            seen.setdefault(loc.subject, None)
+    for r in edits.requests:
+        if r.neighborhood and r.subject.strip():
+            seen.setdefault(r.subject, None)
+        for n in r.neighborhood:
+            if n.subject:
+                seen.setdefault(n.subject, None)
+    return tuple(seen)
 
-    guard = HeldOut(held_out)
+
+def training_overlaps(prompts: dict, held_out: tuple[str, ...],
+                      subjects: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """(trained text, evaluation prompt or "subject: <name>") pairs that overlap; the bare edit prompts are the edits
+    themselves, and the subject retain prompts are about the edited subjects by design."""
+    from chronosweep.editing.retain import HeldOut, HeldSubjects, RetainPrompt, overlap
+
+    guard, names = HeldOut(held_out), HeldSubjects(subjects)
     texts = [e["prompt"] for e in prompts.get("examples", []) if e.get("source") != "prompt"]
-    texts += [r["text"] for r in prompts.get("retain", [])]
-    return [(t, hit) for t in texts if (hit := guard.hit(t)) is not None]
+    out = [(t, hit) for t in texts if (hit := guard.hit(t)) is not None]
+    for r in prompts.get("retain", []):
+        hit = overlap(RetainPrompt(r["text"], r.get("source", "file"), r.get("positions", "all")), guard, names)
+        if hit is not None:
+            out.append((r["text"], hit))
+    return out
 
 
 def run_trial(cfg: TrialConfig, run_dir: Path | str, on_epoch: Callable[[int, dict], None] | None = None,
@@ -218,10 +240,10 @@ def _execute(cfg, run_dir, method, info, edits, on_epoch, progress) -> dict:
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    held_out = held_out_prompts(probes)
+    held_out, subjects = held_out_prompts(probes), held_out_subjects(edits)
     ctx = EditContext(runtime=cfg.runtime(), info=info, device=device, dtype=dtype,
                       run_dir=run_dir if cfg.save_artifacts else None, cache_dir=cache_dir(), on_epoch=on_epoch,
-                      held_out=held_out)
+                      held_out=held_out, held_out_subjects=subjects)
     setting = protocols.Setting(
         model=model, tokenizer=tokenizer, requests=edits.requests, probes=probes, pre=pre,
         implementation=method.load(), options=cfg.options, ctx=ctx,
@@ -243,10 +265,11 @@ def _execute(cfg, run_dir, method, info, edits, on_epoch, progress) -> dict:
     training = dict(result.training)
     if result.training_prompts:
         # Checked here, by the owner of the probes, not only inside the method.
-        overlaps = training_overlaps(result.training_prompts, held_out)
+        overlaps = training_overlaps(result.training_prompts, held_out, subjects)
         if overlaps:
             raise RuntimeError(f"{cfg.method} trained on evaluation probes: {overlaps[:3]}")
-        training.update(disjoint_from_eval=True, eval_prompts_checked=len(held_out))
+        training.update(disjoint_from_eval=True, eval_prompts_checked=len(held_out),
+                        eval_subjects_checked=len(subjects))
         (run_dir / "training_prompts.json").write_text(json.dumps(result.training_prompts, indent=1,
                                                                   ensure_ascii=False))
 

@@ -57,3 +57,36 @@ def test_cost_fields_per_edit_and_gpu_seconds():
     assert cpu["concurrent_trials"] == 1
     gpu = cost_fields(edit_cpu=5.0, eval_cpu=1.0, edit_seconds=20.0, n_edits=10, n_gpus=2, concurrent=0)
     assert gpu["edit_gpu_seconds"] == 40.0 and gpu["edit_gpu_seconds_per_edit"] == 4.0
+
+
+def _measure_in_child(path: str, log: str, out: str) -> None:
+    from pathlib import Path
+
+    from chronosweep.evaluation.evaluate import Measurement, measure_once
+
+    def compute():
+        with open(log, "a") as fh:
+            fh.write(f"{os.getpid()}\n")
+        time.sleep(0.5)
+        return Measurement({"p": f"measured by {os.getpid()}"}, [None], [None])
+
+    m, cached = measure_once(Path(path), compute)
+    Path(out).write_text(json.dumps([m.continuations["p"], cached]))
+
+
+def test_trials_started_together_measure_the_unedited_model_once(tmp_path):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    path, log = tmp_path / "pre_eval" / "key.json", tmp_path / "computed.log"
+    outs = [tmp_path / f"out{i}.json" for i in range(3)]
+    procs = [ctx.Process(target=_measure_in_child, args=(str(path), str(log), str(o))) for o in outs]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    assert len(log.read_text().split()) == 1
+    results = [json.loads(o.read_text()) for o in outs]
+    assert len({text for text, _ in results}) == 1
+    assert sorted(cached for _, cached in results) == [False, True, True]

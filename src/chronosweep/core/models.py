@@ -90,8 +90,9 @@ class ModelError(UserError, RuntimeError):
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path):
-    """Cross-process lock: two sweep trials on one node must not convert the default model at once."""
+def file_lock(path: Path):
+    """Cross-process lock (released when its holder dies): concurrent sweep trials on one node wait for the one
+    that converts the default model, computes key statistics or measures the unedited model, then reuse its work."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
@@ -122,7 +123,7 @@ def fetch_builtin(name: str, progress=print) -> Path:
     """
     spec = BUILTIN[name]
     target = builtin_dir(name)
-    with _file_lock(cache_dir() / "locks" / f"{spec['dir']}.lock"):
+    with file_lock(cache_dir() / "locks" / f"{spec['dir']}.lock"):
         if (target / "config.json").exists() and (target / "model.safetensors").exists():
             return target
         scratch = f".fetch-{spec['dir']}-"

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from chronosweep.core.archs import Arch
 from chronosweep.core.errors import UserError
-from chronosweep.core.models import _file_lock
+from chronosweep.core.models import file_lock
 from chronosweep.editing.locate import StopForward, down_proj
 
 SEQ_LEN = 128
@@ -186,7 +186,7 @@ def _pack(tokenizer, passages, samples: int, where: str) -> torch.Tensor:
 def corpus_tokens(model, tokenizer, corpus: str, samples: int, folder: Path, device) -> torch.Tensor:
     """The corpus as one token stream, built once per (model, corpus, size) and cached beside the statistics."""
     path = folder / "corpus.pt"
-    with _file_lock(folder / "corpus.lock"):
+    with file_lock(folder / "corpus.lock"):
         _drop_stale_temps(path)
         tokens = _read(path)
         if isinstance(tokens, torch.Tensor) and tokens.ndim == 1 and len(tokens):
@@ -268,7 +268,7 @@ def second_moments(model, tokenizer, arch: Arch, layers: list[int], *, corpus: s
     with contextlib.ExitStack() as stack:
         # Locks in layer order, so two trials wanting overlapping layers cannot deadlock.
         for layer in missing:
-            stack.enter_context(_file_lock(folder / f"layer{layer:03d}.lock"))
+            stack.enter_context(file_lock(folder / f"layer{layer:03d}.lock"))
         still = []
         for layer in missing:
             _drop_stale_temps(paths[layer])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -57,6 +58,21 @@ def load_cached(path: Path) -> Measurement | None:
         return Measurement(data["continuations"], data["top_tokens"], data["target_ids"])
     except (OSError, ValueError, KeyError):
         return None
+
+
+def measure_once(path: Path, compute: Callable[[], Measurement]) -> tuple[Measurement, bool]:
+    """(the measurement stored at path, or compute()'s, stored there; whether it was stored already). Trials started
+    together wait for the first one's instead of each measuring the unedited model."""
+    from chronosweep.core.models import file_lock
+
+    if (m := load_cached(path)) is not None:
+        return m, True
+    with file_lock(path.with_suffix(".lock")):
+        if (m := load_cached(path)) is not None:
+            return m, True
+        m = compute()
+        store_cached(path, m)
+        return m, False
 
 
 def store_cached(path: Path, m: Measurement) -> None:

@@ -221,8 +221,8 @@ _COST = [
     ("eval_seconds", "evaluation seconds", "wall time of the post-edit evaluation", {"cli"}),
     ("eval_cpu_seconds", "evaluation CPU seconds", "process CPU time of the post-edit evaluation", set()),
     ("eval_seconds_per_edit", "evaluation seconds per edit", "`eval_seconds / n_edits`", set()),
-    ("pre_eval_seconds", "pre-edit evaluation seconds", "wall time of the unedited model's answers (0 when cached)",
-     set()),
+    ("pre_eval_seconds", "pre-edit evaluation seconds", "wall time of the unedited model's answers (about 0 when "
+     "cached; a trial started beside the one measuring them counts its wait)", set()),
     ("load_seconds", "load seconds", "wall time of loading the model", set()),
     ("total_seconds", "total seconds", "wall time of the whole run", set()),
     ("trainable_params", "trainable parameters", "parameter values the method changes (trained weights; for "

@@ -207,7 +207,7 @@ def _execute(cfg, run_dir, method, info, edits, on_epoch, progress) -> dict:
     from chronosweep.core.models import cache_dir, load, resolve
     from chronosweep.data.hygiene import describe
     from chronosweep.editing.base import EditContext
-    from chronosweep.evaluation.evaluate import cache_key, load_cached, measure, store_cached
+    from chronosweep.evaluation.evaluate import cache_key, measure, measure_once
     from chronosweep.evaluation.metrics import SCORING_VERSION
     from chronosweep.evaluation.probes import build_probes
     from chronosweep.trial import cost, protocols
@@ -231,11 +231,8 @@ def _execute(cfg, run_dir, method, info, edits, on_epoch, progress) -> dict:
     # The unedited model's answers depend only on model, probes and decoding: sweeps reuse them.
     t0 = time.perf_counter()
     key = cache_key(info.fingerprint, probes, cfg.eval, str(dtype), device.type)
-    cached_path = cache_dir() / "pre_eval" / f"{key}.json"
-    pre = load_cached(cached_path)
-    if pre is None:
-        pre = measure(model, tokenizer, probes, cfg.eval, device, desc="pre-edit")
-        store_cached(cached_path, pre)
+    pre, pre_cached = measure_once(cache_dir() / "pre_eval" / f"{key}.json",
+                                   lambda: measure(model, tokenizer, probes, cfg.eval, device, desc="pre-edit"))
     pre_eval_seconds = time.perf_counter() - t0
 
     if device.type == "cuda":
@@ -312,6 +309,7 @@ def _execute(cfg, run_dir, method, info, edits, on_epoch, progress) -> dict:
         "eval_seconds": eval_seconds,
         "eval_seconds_per_edit": eval_seconds / n if n else None,
         "pre_eval_seconds": pre_eval_seconds,
+        "pre_eval_cached": pre_cached,
         "load_seconds": load_seconds,
         "trainable_params": int(outcome.trainable_params),
         "total_params": int(total_params),

@@ -90,3 +90,24 @@ def test_trials_started_together_measure_the_unedited_model_once(tmp_path):
     results = [json.loads(o.read_text()) for o in outs]
     assert len({text for text, _ in results}) == 1
     assert sorted(cached for _, cached in results) == [False, True, True]
+
+
+def test_host_reads_the_cpu_and_its_matrix_instruction_sets(monkeypatch, tmp_path):
+    from chronosweep.trial import host
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t\t: fpu sse avx2 fma avx512f amx_bf16 "
+                    "amx_tile\n\nprocessor\t: 1\nmodel name\t: Test CPU 9000\nflags\t\t: fpu sse avx2\n")
+    real_open = open
+    monkeypatch.setattr("builtins.open",
+                        lambda path, *a, **k: real_open(info if path == "/proc/cpuinfo" else path, *a, **k))
+    host._cpuinfo.cache_clear()
+    try:
+        fields = host.host("cpu")
+    finally:
+        host._cpuinfo.cache_clear()
+    assert fields["cpu"] == "Test CPU 9000"
+    assert fields["cpu_features"] == ["avx2", "fma", "avx512f", "amx_bf16", "amx_tile"]  # the first CPU's flags
+    assert host.label(fields) == f"Test CPU 9000 (AMX), {fields['logical_cpus']} CPUs"
+    other = host.label({**fields, "cpu_features": ["avx2"], "gpu": "NVIDIA H200"})
+    assert other == f"Test CPU 9000 (AVX2), {fields['logical_cpus']} CPUs, NVIDIA H200"

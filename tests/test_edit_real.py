@@ -29,6 +29,10 @@ def test_edit_cli_on_default_model(tmp_path, data_root):
     assert metrics["rewrite_acc"] > metrics["pre"]["rewrite_acc"]
     assert 0.0 <= metrics["locality"] <= 1.0
     assert 0 < metrics["trainable_fraction"] < 0.02
+    # The machine, so its seconds are read against the right host.
+    host = metrics["host"]
+    assert host["cpu"] and host["logical_cpus"] >= 1 and host["gpu"] is None
+    assert set(host["cpu_features"]) <= {"avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
 
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert sum(r["probe"] == "rewrite" for r in rows) == 10

@@ -558,3 +558,22 @@ def test_cost_is_cpu_seconds_and_different_concurrency_is_flagged(tmp_path):
     assert any("ran beside 0, 1 other trials" in note for note in tables.cost_notes)
     summary = (tmp_path / "report" / "summary.md").read_text()
     assert "compare cost per edit (CPU or GPU seconds), not wall seconds" in summary
+
+
+def test_trials_from_different_hosts_are_flagged_in_the_cost_section(tmp_path):
+    exp = tmp_path / "edits"
+    amx = {"cpu": "Intel(R) Xeon(R) Processor", "cpu_features": ["avx2", "fma", "avx512f", "amx_bf16"],
+           "logical_cpus": 2, "machine": "x86_64", "gpu": None}
+    plain = {**amx, "cpu_features": ["avx2", "fma"]}
+    write_run(exp / "a", preds=predictions(rewrite=[1, 1]), edit_cpu_seconds=30.0, host=amx)
+    write_run(exp / "b", preds=predictions(rewrite=[1, 1]), edit_cpu_seconds=80.0, host=plain)
+    _, tables = report(tmp_path, exp)
+    notes = [n for n in tables.cost_notes if "different hosts" in n]
+    assert len(notes) == 1
+    assert "Intel(R) Xeon(R) Processor (AMX), 2 CPUs: 1 trial(s)" in notes[0]
+    assert "Intel(R) Xeon(R) Processor (AVX2), 2 CPUs: 1 trial(s)" in notes[0]
+    assert "ran on 2 different hosts" in (tmp_path / "report" / "summary.md").read_text()
+    # One host: nothing to say.
+    write_run(exp / "b", preds=predictions(rewrite=[1, 1]), edit_cpu_seconds=80.0, host=amx)
+    _, tables = report(tmp_path, exp)
+    assert not [n for n in tables.cost_notes if "different hosts" in n]

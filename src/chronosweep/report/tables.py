@@ -330,6 +330,29 @@ def concurrency_notes(ok: pl.DataFrame, groups: list[str]) -> list[str]:
     return notes
 
 
+HOST_COLUMNS = ("host.cpu", "host.cpu_features", "host.logical_cpus", "host.gpu")
+
+
+def host_notes(ok: pl.DataFrame) -> list[str]:
+    """Trials measured on different machines: their seconds (wall and CPU) do not compare as costs of the method."""
+    if "host.cpu" not in ok.columns:
+        return []
+    from chronosweep.trial.host import label
+
+    cols = [c for c in HOST_COLUMNS if c in ok.columns]
+    counts: dict[str, int] = {}
+    for row in ok.select(cols).iter_rows(named=True):
+        if row.get("host.cpu") is None:
+            continue
+        name = label({k.removeprefix("host."): v for k, v in row.items()})
+        counts[name] = counts.get(name, 0) + 1
+    if len(counts) < 2:
+        return []
+    seen = "; ".join(f"{name}: {n} trial(s)" for name, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    return [f"Trials ran on {len(counts)} different hosts ({seen}): their seconds measure the machines as much as the "
+            "methods; compare costs within one host (metrics.json `host`)."]
+
+
 def build_tables(df: pl.DataFrame, by: list[str], config_cols: list[str], objective: Objective | None = None,
                  units: UnitMap | None = None, boot: Bootstrap | None = None) -> Tables:
     """All tables from a trials frame that already has derived, interval and pareto columns."""
@@ -398,5 +421,6 @@ def build_tables(df: pl.DataFrame, by: list[str], config_cols: list[str], object
                                    if c not in groups]).rename({"error": "reason"})
     return Tables(key=key, groups=groups, best=_select(best, best_cols), methods=_select(best, methods_cols),
                   windows=windows, best_windows=best_windows, cost=_select(best, cost_cols), pareto=pareto,
-                  failures=failures, running=running, cost_notes=concurrency_notes(ok, groups), degenerate=degenerate,
+                  failures=failures, running=running,
+                  cost_notes=concurrency_notes(ok, groups) + host_notes(ok), degenerate=degenerate,
                   no_best_window=no_best_window)

@@ -19,7 +19,7 @@ from chronosweep.sweep.storage import Location, finished_metrics, local_run_dir,
 
 NAN = float("nan")
 # metrics.json parts that are not per-trial scalars; config.yaml and history.jsonl hold them.
-_NOT_REPORTED = ("config", "history", "versions", "edited_modules", "edited_layers", "checkpoints", "applied_order")
+_NOT_REPORTED = ("config", "history", "versions", "host", "edited_modules", "edited_layers", "checkpoints", "applied_order")
 
 
 @dataclass

@@ -19,6 +19,7 @@ import yaml
 
 from chronosweep.core.errors import UserError
 from chronosweep.core.typed import ConfigError
+from chronosweep.trial import host
 from chronosweep.trial.config import TrialConfig
 from chronosweep.trial.health import assess_run
 
@@ -328,4 +329,5 @@ def _execute(cfg, run_dir, method, info, edits, on_epoch, progress) -> dict:
         "history": result.history,
         "config": cfg.to_dict(),
         "versions": _versions(),
+        "host": host.host(device.type),
     }

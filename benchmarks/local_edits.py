@@ -26,6 +26,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL = ROOT / "configs" / "trials" / "lora-local.yaml"
 PLAIN = ROOT / "configs" / "trials" / "lora-mlp.yaml"
@@ -114,7 +117,8 @@ def main() -> int:
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     limit = [f"data.limit={args.edits}", *args.overrides]
-    result: dict = {"threads": args.threads, "edits": args.edits, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    result: dict = {"threads": args.threads, "edits": args.edits, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                    "machine": describe(args.threads)}
     runs: dict[str, dict] = {}
 
     if "cache" in args.parts:

@@ -20,6 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe  # noqa: E402
+
 DEFAULT_RUNS = ["rome:single", "rome-preserve:single", "rome:sequential", "rome-preserve:sequential",
                 "memit:batch", "memit-preserve:batch"]
 KEYS = ("rewrite_acc", "rephrase_acc", "locality_acc", "reliability", "generalization", "locality", "edit_seconds",
@@ -72,7 +75,7 @@ def main() -> int:
     from chronosweep.trial.config import load_config
     from chronosweep.trial.run import run_trial
 
-    summary: dict = {"n_edits": args.edits, "threads": args.threads, "runs": {}}
+    summary: dict = {"n_edits": args.edits, "threads": args.threads, "machine": describe(args.threads), "runs": {}}
     if args.cold_stats:
         summary.update(time_stats(args.threads))
     for run in args.runs:

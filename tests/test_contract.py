@@ -201,18 +201,40 @@ def test_every_method_has_a_shipped_trial_config_that_validates():
 # Issue 11 made `rome` and `memit` the published algorithms (KL term at the subject token, ROME's/MEMIT's context
 # templates, no preserve constraints) and re-pinned them; the values they had before are chronosweep's variants',
 # which rome-preserve and memit-preserve reproduce unchanged.
-PINNED = {
-    "lora": {"rewrite_acc": 1.0, "rephrase_acc": 0.375, "locality_acc": 0.117, "final_loss": 0.6722},
-    # Its locality KL keeps what plain LoRA loses on the same edits (0.398 against 0.117 locality_acc).
-    "lora-local": {"rewrite_acc": 1.0, "rephrase_acc": 0.25, "locality_acc": 0.398, "final_loss": 0.3246},
-    "ptuning": {"rewrite_acc": 0.5, "rephrase_acc": 0.25, "locality_acc": 0.4607, "final_loss": 1.2907},
-    "full": {"rewrite_acc": 0.375, "rephrase_acc": 0.25, "locality_acc": 1.0, "final_loss": 2.3141},
-    "freeze": {"rewrite_acc": 0.375, "rephrase_acc": 0.25, "locality_acc": 1.0, "final_loss": 1.942},
-    "rome": {"rewrite_acc": 0.125, "rephrase_acc": 0.125, "locality_acc": 0.167, "final_loss": 6.0804},
-    "rome-preserve": {"rewrite_acc": 0.25, "rephrase_acc": 0.125, "locality_acc": 0.0, "final_loss": 5.4328},
-    "memit": {"rewrite_acc": 0.0, "rephrase_acc": 0.0, "locality_acc": 0.153, "final_loss": 8.542},
-    "memit-preserve": {"rewrite_acc": 0.375, "rephrase_acc": 0.0, "locality_acc": 0.067, "final_loss": 8.3852},
-}
+# One set per kind of host: the fixture model is trained from scratch, and the last bits of MKL's and ATen's fp32
+# kernels differ between CPUs (AVX2 / AVX-512 / AMX code paths), which the tiny training amplifies into other
+# argmaxes (the same code gave lora rewrite_acc 1.0 on one host and 0.75 on another). Each set reproduces exactly,
+# run after run, on its host. A host whose features match a set's `features` must match that set; any other host
+# must match one of them.
+PINNED_SETS = [
+    {"host": "the hosts of the sessions up to 2026-12-01 and their CI (features not recorded)", "features": None,
+     "values": {
+         "lora": {"rewrite_acc": 1.0, "rephrase_acc": 0.375, "locality_acc": 0.117, "final_loss": 0.6722},
+         # Its locality KL keeps what plain LoRA loses on the same edits (0.398 against 0.117 locality_acc).
+         "lora-local": {"rewrite_acc": 1.0, "rephrase_acc": 0.25, "locality_acc": 0.398, "final_loss": 0.3246},
+         "ptuning": {"rewrite_acc": 0.5, "rephrase_acc": 0.25, "locality_acc": 0.4607, "final_loss": 1.2907},
+         "full": {"rewrite_acc": 0.375, "rephrase_acc": 0.25, "locality_acc": 1.0, "final_loss": 2.3141},
+         "freeze": {"rewrite_acc": 0.375, "rephrase_acc": 0.25, "locality_acc": 1.0, "final_loss": 1.942},
+         "rome": {"rewrite_acc": 0.125, "rephrase_acc": 0.125, "locality_acc": 0.167, "final_loss": 6.0804},
+         "rome-preserve": {"rewrite_acc": 0.25, "rephrase_acc": 0.125, "locality_acc": 0.0, "final_loss": 5.4328},
+         "memit": {"rewrite_acc": 0.0, "rephrase_acc": 0.0, "locality_acc": 0.153, "final_loss": 8.542},
+         "memit-preserve": {"rewrite_acc": 0.375, "rephrase_acc": 0.0, "locality_acc": 0.067, "final_loss": 8.3852},
+     }},
+    {"host": "Intel Xeon with AMX, 2 CPUs (2026-12-02)",
+     "features": ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"),
+     "values": {
+         "lora": {"rewrite_acc": 0.75, "rephrase_acc": 0.5, "locality_acc": 0.117, "final_loss": 0.5095},
+         # The locality KL again: 0.498 against plain LoRA's 0.117.
+         "lora-local": {"rewrite_acc": 1.0, "rephrase_acc": 0.25, "locality_acc": 0.498, "final_loss": 0.4260},
+         "ptuning": {"rewrite_acc": 0.5, "rephrase_acc": 0.25, "locality_acc": 0.4295, "final_loss": 1.2891},
+         "full": {"rewrite_acc": 0.375, "rephrase_acc": 0.25, "locality_acc": 1.0, "final_loss": 2.3176},
+         "freeze": {"rewrite_acc": 0.375, "rephrase_acc": 0.25, "locality_acc": 1.0, "final_loss": 1.9487},
+         "rome": {"rewrite_acc": 0.125, "rephrase_acc": 0.125, "locality_acc": 0.242, "final_loss": 6.1192},
+         "rome-preserve": {"rewrite_acc": 0.125, "rephrase_acc": 0.125, "locality_acc": 0.0, "final_loss": 5.6515},
+         "memit": {"rewrite_acc": 0.125, "rephrase_acc": 0.0, "locality_acc": 0.103, "final_loss": 8.5235},
+         "memit-preserve": {"rewrite_acc": 0.375, "rephrase_acc": 0.0, "locality_acc": 0.081, "final_loss": 8.3654},
+     }},
+]
 PINNED_KEYS = ("rewrite_acc", "rephrase_acc", "locality_acc", "final_loss")
 
 
@@ -228,6 +250,14 @@ def test_pinned_metrics_on_the_tiny_fact_model(method, fact_llama_dir, tmp_path,
     got = {k: metrics[k] for k in PINNED_KEYS[:3]}
     got["final_loss"] = losses[-1] if losses else None
     print(method, json.dumps(got))
-    assert PINNED[method] is not None, f"pin {method}: {got}"
-    for key, want in PINNED[method].items():
-        assert got[key] == pytest.approx(want, abs=0.02), (key, got)
+    from chronosweep.trial.host import host
+
+    features = tuple(host()["cpu_features"])
+    own = [p for p in PINNED_SETS if p["features"] == features]
+    candidates = own or PINNED_SETS
+
+    def off(values: dict) -> list[str]:
+        return [f"{k} {got[k]} != {w}" for k, w in values.items() if got[k] != pytest.approx(w, abs=0.02)]
+
+    misses = {p["host"]: off(p["values"][method]) for p in candidates}
+    assert any(not m for m in misses.values()), (method, got, misses)

@@ -20,7 +20,8 @@ FEATURES = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 def _cpuinfo() -> tuple[str, tuple[str, ...]]:
     """(model name, the FEATURES it has) from /proc/cpuinfo; (platform.processor(), ()) where there is none."""
     try:
-        text = open("/proc/cpuinfo", encoding="utf-8", errors="replace").read()
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            text = fh.read()
     except OSError:
         return platform.processor() or platform.machine(), ()
     model, flags = "", set()

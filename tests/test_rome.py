@@ -266,3 +266,20 @@ def test_cached_steps_give_what_full_passes_give(arch_dir, site, request, monkey
         assert a["steps"] == b["steps"] == 5
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-5)
     assert torch.allclose(runs["cached"].target, runs["full"].target, rtol=1e-4, atol=1e-4)
+
+
+def test_width_groups_partition_the_rows_and_cut_padding():
+    """Rows of the cached tail run in groups no narrower than any member's need, each row exactly once."""
+    from chronosweep.editing.targets import _GROUP_COST, width_groups
+
+    need = torch.tensor([1] * 20 + [4] * 30 + [5] * 30 + [9] * 60 + [10] * 6)
+    groups = width_groups(need)
+    seen = torch.cat([rows for rows, _ in groups])
+    assert sorted(seen.tolist()) == list(range(len(need)))
+    assert all(int(need[rows].max()) == width for rows, width in groups)
+    padded = sum(len(rows) * width for rows, width in groups) + _GROUP_COST * len(groups)
+    assert 1 < len(groups) <= 4 and padded < len(need) * 10
+    # One width, or too few narrow rows to pay for a second pass (ROME's one edit: 21 contexts and its KL row): one
+    # group.
+    assert len(width_groups(torch.full((22,), 8))) == 1
+    assert width_groups(torch.tensor([8] * 21 + [1]))[0][1] == 8

@@ -12,8 +12,9 @@ leaves the batch.
 Most of each step's work never changes: the layers before the delta, and (the model being causal) every
 position before the subject's last token. So the rows are laid out with their subject tokens in one
 column, the attention keys and values of everything before it are computed once, and every step runs
-only the positions from the subject on through the layers from the delta on, and the LM head only at
-the positions the loss reads (_CachedTail). On the first step the result is compared with a plain full
+only the positions from the subject on through the layers from the delta on, each row only as far as the
+last position its loss reads (rows grouped by that width), and the LM head only at those positions
+(_CachedTail). On the first step the result is compared with a plain full
 pass; an architecture where it differs falls back to running all positions of the later layers, then to
 full passes.
 """
@@ -190,12 +191,29 @@ class _CachedTail:
 
     def logits(self, sel: torch.Tensor, delta_rows: torch.Tensor, pos_rows: torch.Tensor, pos: torch.Tensor):
         """Log-probs at (pos_rows, pos) of the rows sel, with delta_rows[i] added at row sel[i]'s subject token."""
+        cols = pos - self.rows.lookup[sel[pos_rows]]
+        # Columns each row needs: up to the last position the loss reads in it (a KL row read at the subject needs
+        # one). Rows run in groups cut to their own widest need, so short tails are not padded to the longest.
+        need = torch.ones(len(sel), dtype=torch.long, device=sel.device).scatter_reduce(0, pos_rows, cols + 1, "amax")
+        parts, which = [], []
+        for group, width in width_groups(need):
+            local = torch.full((len(sel),), -1, dtype=torch.long, device=sel.device)
+            local[group] = torch.arange(len(group), device=sel.device)
+            mine = torch.nonzero(local[pos_rows] >= 0).squeeze(1)
+            if len(mine) == 0:
+                continue
+            parts.append(self._run(sel[group], delta_rows[group], width, local[pos_rows[mine]], cols[mine]))
+            which.append(mine)
+        return torch.cat(parts)[torch.argsort(torch.cat(which))]
+
+    def _run(self, sel: torch.Tensor, delta_rows: torch.Tensor, width: int, pos_rows: torch.Tensor,
+             cols: torch.Tensor):
         from transformers import DynamicCache
 
         model, arch, site = self.model, self.arch, self.site
         local = torch.arange(len(sel), device=sel.device)
         first = torch.zeros_like(local)
-        h0 = self.h_tail[sel]
+        h0 = self.h_tail[sel, :width]
         handles = []
         if site.kind == "mlp":
             def add_value(module, args, output):
@@ -203,20 +221,56 @@ class _CachedTail:
             handles.append(down_proj(model, arch, site.layer).register_forward_hook(add_value))
         else:
             h0 = _add_rows(h0, local, first, delta_rows)
+        end = self.head + width
         try:
             if site.start >= self.n_layers:
                 hidden = get_path(model, arch.final_norm)(h0)
             else:
                 cache = DynamicCache(ddp_cache_data=[(k[sel], v[sel]) for k, v in self.kv])
                 with start_at(model, arch, site.start, h0):
-                    hidden = model.base_model(input_ids=self.ids[sel, self.head:], attention_mask=self.mask[sel],
-                                              position_ids=self.pos[sel, self.head:], cache=cache,
+                    hidden = model.base_model(input_ids=self.ids[sel, self.head:end],
+                                              attention_mask=self.mask[sel, :end],
+                                              position_ids=self.pos[sel, self.head:end], cache=cache,
                                               use_cache=True).last_hidden_state
         finally:
             for h in handles:
                 h.remove()
-        cols = pos - self.rows.lookup[sel[pos_rows]]
         return torch.log_softmax(self.head_proj(hidden[pos_rows, cols]).float(), dim=-1)
+
+
+# A group costs about this many rows' worth of tokens on its own (one more pass through the later layers'
+# kernels); fewer, wider groups win below it.
+_GROUP_COST = 16
+
+
+def width_groups(need: torch.Tensor, max_groups: int = 4) -> list[tuple[torch.Tensor, int]]:
+    """Rows grouped by the columns they need, each group with its width: the split of the sorted widths into at
+    most max_groups runs that runs the fewest padded tokens (plus _GROUP_COST per group)."""
+    widths = sorted(set(need.tolist()))
+    counts = [int((need == w).sum()) for w in widths]
+    k = len(widths)
+    # best[g][j]: least cost of the first j widths in g groups; cut[g][j]: where its last group starts.
+    inf = float("inf")
+    best = [[inf] * (k + 1) for _ in range(max_groups + 1)]
+    cut = [[0] * (k + 1) for _ in range(max_groups + 1)]
+    best[0][0] = 0.0
+    for g in range(1, max_groups + 1):
+        for j in range(1, k + 1):
+            for i in range(j):
+                c = best[g - 1][i] + sum(counts[i:j]) * widths[j - 1] + _GROUP_COST
+                if c < best[g][j]:
+                    best[g][j], cut[g][j] = c, i
+    g = min(range(1, max_groups + 1), key=lambda n: best[n][k])
+    bounds, j = [], k
+    while g > 0:
+        i = cut[g][j]
+        bounds.append((i, j))
+        j, g = i, g - 1
+    groups = []
+    for i, j in reversed(bounds):
+        rows = torch.nonzero((need >= widths[i]) & (need <= widths[j - 1])).squeeze(1)
+        groups.append((rows, widths[j - 1]))
+    return groups
 
 
 def optimize_targets(model, arch: Arch, rows: Rows, site: Site, opts: LocateOptions, desc: str = "target") -> Targets:

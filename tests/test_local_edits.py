@@ -397,3 +397,97 @@ def test_locality_probes_of_the_dataset_are_held_out_too(data_root):
     cfg = load_config(None, ["lora.kl_weight=1"])
     pool = build_pool(edits.requests, cfg.options, [], held)
     assert "Italy is a" in {p.text for p, _ in pool.dropped}
+
+
+# --- the key-statistics penalty ---------------------------------------------------------------------------------------
+
+KEY = ["lora.key_samples=2048", "freeze.key_samples=2048"]
+
+
+def _penalty(model, tok, ctx):
+    from chronosweep.editing.key_penalty import KeyPenalty
+
+    return KeyPenalty(model, tok, corpus="model", samples=2048, fingerprint=ctx.info.fingerprint,
+                      cache_dir=ctx.cache_dir, device=ctx.device)
+
+
+def test_the_key_penalty_is_the_mean_squared_output_change_on_corpus_inputs(fact_llama_dir):
+    """tr(dW C dW^T) / tr(W C W^T) equals mean ||dW x||^2 / mean ||W x||^2 over the corpus's inputs, read directly."""
+    from chronosweep.editing.stats import corpus_tokens, stats_dir
+
+    cfg, ctx = make_ctx(fact_llama_dir, LORA)
+    model, tok = load_tiny(ctx)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["gate_proj", "up_proj", "down_proj"],
+                                                  layers_to_transform=[1, 2], task_type="CAUSAL_LM"))
+    penalty = _penalty(peft_model, tok, ctx)
+    assert len(penalty.terms) == 6
+    assert float(penalty().detach()) == 0.0  # LoRA's B starts at zero
+    torch.manual_seed(1)
+    loras = {name: m for name, m in peft_model.named_modules() if hasattr(m, "lora_B") and "default" in m.lora_B}
+    for m in loras.values():
+        m.lora_B["default"].weight.data.normal_(std=0.05)
+    value = penalty()
+    value.backward()
+    assert all(m.lora_A["default"].weight.grad.abs().sum() > 0 for m in loras.values())
+
+    inputs: dict[str, list[torch.Tensor]] = {name: [] for name in loras}
+
+    def keep(name):
+        return lambda module, args: inputs[name].append(args[0].reshape(-1, args[0].shape[-1]))
+
+    handles = [m.register_forward_pre_hook(keep(name)) for name, m in loras.items()]
+    folder = stats_dir(ctx.cache_dir, ctx.info.fingerprint, "model", 2048)
+    tokens = corpus_tokens(peft_model, tok, "model", 2048, folder, ctx.device)
+    rows = tokens[: len(tokens) // 128 * 128].reshape(-1, 128).long()
+    with torch.no_grad(), peft_model.disable_adapter():
+        peft_model(input_ids=rows, attention_mask=torch.ones_like(rows))
+    for h in handles:
+        h.remove()
+    ratios = []
+    for name, m in loras.items():
+        x = torch.cat(inputs[name]).double()
+        d = m.get_delta_weight("default").detach().double()
+        w = m.get_base_layer().weight.detach().double()
+        ratios.append(float(((x @ d.T) ** 2).sum(1).mean() / ((x @ w.T) ** 2).sum(1).mean()))
+    assert float(value.detach()) == pytest.approx(sum(ratios) / len(ratios), rel=1e-3)
+
+
+@pytest.mark.parametrize("method, args", [("lora", LORA), ("freeze", FREEZE)])
+def test_the_key_weight_keeps_corpus_outputs_closer(fact_llama_dir, method, args):
+    finals = {}
+    for weight in (0.0, 50.0):
+        outcome, tok = edit(fact_llama_dir, [*args, *KEY, f"{method}.epochs=8", f"{method}.lr=1e-2",
+                                             f"{method}.key_weight={weight}"])
+        if weight:
+            assert outcome.training["key_penalty"]["modules"] > 0
+            assert all(r["key"] is not None and r["key"] >= 0 for r in outcome.history)
+        else:
+            assert all(r["key"] is None for r in outcome.history) and "key_penalty" not in outcome.training
+        finals[weight] = outcome
+    _, ctx = make_ctx(fact_llama_dir, ["method=lora"])
+    if method == "lora":
+        changes = {w: float(_penalty(o.model, tok, ctx)().detach()) for w, o in finals.items()}
+    else:
+        # Full and freeze: the change of each trained weight against the unedited model's, on the same statistics.
+        fresh, tok = load_tiny(ctx)
+        for p in fresh.parameters():
+            p.requires_grad_(False)
+        for name, p in fresh.named_parameters():
+            p.requires_grad_(name in {n for n, q in finals[0.0].model.named_parameters() if q.requires_grad})
+        penalty = _penalty(fresh, tok, ctx)
+        changes = {}
+        for w, o in finals.items():
+            trained = dict(o.model.named_parameters())
+            with torch.no_grad():
+                for t in penalty.terms:
+                    t.weight = trained[f"{t.name}.weight"]
+            changes[w] = float(penalty().detach())
+    assert changes[50.0] < 0.5 * changes[0.0], changes
+    assert finals[50.0].history[-1]["loss"] < finals[50.0].history[0]["loss"]
+
+
+def test_the_key_penalty_refuses_ptuning_up_front():
+    with pytest.raises(ConfigError, match="ptuning.key_weight: P-tuning trains a prompt encoder"):
+        load_config(None, ["method=ptuning", "ptuning.key_weight=1"])
+    with pytest.raises(ConfigError, match="lora.key_corpus: '/no/such.txt' is neither"):
+        load_config(None, ["lora.key_weight=1", "lora.key_corpus=/no/such.txt"])

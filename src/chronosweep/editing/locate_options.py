@@ -70,12 +70,12 @@ class LocateOptions(Options):
                                 f"got {self.v_loss_layer}")
 
 
-def check_corpus(where: str, corpus: str, problems: list[str]) -> None:
+def check_corpus(where: str, corpus: str, problems: list[str], field: str = "stats_corpus") -> None:
     if corpus.startswith("hf:"):
         if len(corpus) <= 3:
-            problems.append(f"{where}.stats_corpus: 'hf:' needs a dataset name, e.g. hf:wikitext:wikitext-103-raw-v1")
+            problems.append(f"{where}.{field}: 'hf:' needs a dataset name, e.g. hf:wikitext:wikitext-103-raw-v1")
     elif corpus != "model" and not Path(corpus).expanduser().is_file():
-        problems.append(f"{where}.stats_corpus: {corpus!r} is neither 'model', 'hf:NAME' nor an existing text file")
+        problems.append(f"{where}.{field}: {corpus!r} is neither 'model', 'hf:NAME' nor an existing text file")
 
 
 def arch_known(info: ModelInfo) -> bool:

@@ -96,6 +96,13 @@ class TrainingOptions(Options):
     retain_sampled_tokens: int = opt(24, "tokens of each sampled retain text")
     retain_file: str | None = opt(None, "a UTF-8 text file of unrelated retain prompts, one per line (blank lines and "
                                         "lines starting with # are skipped); the KL falls on every position")
+    # --- locality without retain passes: MEMIT's lambda*C term (editing.key_penalty)
+    key_weight: float = opt(0.0, "weight of the key-statistics penalty: the mean over the trained linear modules of "
+                                 "tr(dW C dW^T) / tr(W C W^T), C = E[x x^T] of the module's input over key_corpus "
+                                 "(MEMIT's lambda*C regulariser; no forward pass per step); 0 turns it off")
+    key_corpus: str = opt("model", "corpus of that C: \"model\" (text sampled from the unedited model, shared with "
+                                   "ROME/MEMIT's statistics), \"hf:NAME[:CONFIG[:SPLIT]]\" or a local text file")
+    key_samples: int = opt(20000, "tokens of key_corpus C is estimated over")
     # --- generalisation: more contexts per edit
     n_prefixes: int = opt(0, "context prefixes the unedited model generates once per trial (ROME's, seeded); every "
                              "edit also trains as '<prefix>. <prompt>' under each")
@@ -120,8 +127,9 @@ class TrainingOptions(Options):
         at_least(where, self, ("lr",), 0, problems, strict=True)
         at_least(where, self, ("epochs", "batch_size", "retain_per_step", "retain_sampled_tokens", "prefix_tokens",
                                "history_per_edit"), 1, problems)
-        at_least(where, self, ("weight_decay", "kl_weight", "retain_sampled", "n_prefixes", "patience", "history_weight",
-                               "history_holders", "history_years"), 0, problems)
+        at_least(where, self, ("key_samples",), 1, problems)
+        at_least(where, self, ("weight_decay", "kl_weight", "key_weight", "retain_sampled", "n_prefixes", "patience",
+                               "history_weight", "history_holders", "history_years"), 0, problems)
         at_least(where, self, ("stop_loss",), 0, problems, strict=True)
         for i, template in enumerate(self.retain_templates):
             if template.count("{}") != 1 or not template.replace("{}", "").strip():
@@ -129,6 +137,10 @@ class TrainingOptions(Options):
                                 "and some other words")
         if self.retain_file is not None:
             check_text_file(f"{where}.retain_file", self.retain_file, problems)
+        if self.key_weight > 0:
+            from chronosweep.editing.locate_options import check_corpus
+
+            check_corpus(where, self.key_corpus, problems, "key_corpus")
         if self.kl_weight > 0 and not (self.retain_templates or self.retain_sampled or self.retain_file):
             problems.append(f"{where}.kl_weight: {self.kl_weight:g} needs retain prompts: set retain_templates, "
                             "retain_sampled or retain_file")

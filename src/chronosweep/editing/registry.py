@@ -36,9 +36,10 @@ class MethodSpec:
 METHODS: dict[str, MethodSpec] = {}
 
 
-# What the shared training loop writes per epoch: the edit loss, the mean locality KL (null when off), the share of
-# edits whose targets were all the argmax, tokens run (edit and retain rows), seconds since training started.
-GRADIENT_HISTORY = ("epoch", "loss", "kl", "learned", "tokens", "seconds")
+# What the shared training loop writes per epoch: the edit loss, the mean locality KL and key-statistics penalty (null
+# when off), the share of edits whose targets were all the argmax, tokens run (edit and retain rows), seconds since
+# training started.
+GRADIENT_HISTORY = ("epoch", "loss", "kl", "key", "learned", "tokens", "seconds")
 
 
 def register_method(name: str, options: type, impl: str, family: Literal["gradient", "locate"],

@@ -29,6 +29,7 @@ from chronosweep.editing.augment import training_prompts
 from chronosweep.editing.base import EditContext
 from chronosweep.editing.engine import make_engine, resolve_engine
 from chronosweep.editing.history_training import HistoryFacts
+from chronosweep.editing.key_penalty import KeyPenalty
 from chronosweep.editing.locate import blocks
 from chronosweep.editing.options import TrainingOptions
 from chronosweep.editing.prefix_cache import PrefixCache, first_trainable_layer
@@ -123,6 +124,9 @@ def train_on_edits(model, tokenizer, requests, options: TrainingOptions, ctx: Ed
     method trains a window of layers and allows caching what lies below it.
     """
     device = ctx.device
+    if options.key_weight > 0 and resolve_engine(ctx) == "deepspeed" and ctx.runtime.deepspeed.zero_stage == 3:
+        raise ValueError("key_weight: ZeRO-3 partitions the weights the key-statistics penalty reads; use zero_stage "
+                         "0-2 or kl_weight")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     summary: dict = {"epochs_max": options.epochs}
 
@@ -185,6 +189,14 @@ def train_on_edits(model, tokenizer, requests, options: TrainingOptions, ctx: Ed
         # In-place methods read the unedited distributions now, before the engine exists and anything trains.
         reference = kl_term.Reference(model, rows, pad, device, mode=options.kl_reference)
         summary["kl_reference"] = reference.kind
+
+    penalty = None
+    if options.key_weight > 0:
+        # On the unedited model, before anything trains (full and freeze copy the weights they train here).
+        penalty = KeyPenalty(model, tokenizer, corpus=options.key_corpus, samples=options.key_samples,
+                             fingerprint=ctx.info.fingerprint, cache_dir=ctx.cache_dir, device=device)
+        summary["key_penalty"] = {"modules": len(penalty.terms), "corpus": options.key_corpus,
+                                  "samples": options.key_samples}
 
     keep_logits = _takes_logits_to_keep(model)
     engine = make_engine(model, lr=options.lr, weight_decay=options.weight_decay, batch_size=options.batch_size,
@@ -257,6 +269,10 @@ def train_on_edits(model, tokenizer, requests, options: TrainingOptions, ctx: Ed
             term = total / len(ridx)
             out["kl"] = float(term.detach())
             loss = loss + options.kl_weight * term
+        if penalty is not None:
+            term = penalty()
+            out["key"] = float(term.detach())
+            loss = loss + options.key_weight * term
         if hidx:
             # The edits and their history facts in one step, the facts' loss weighted.
             loss = loss + options.history_weight * history_term(forward, list(hidx), out)
@@ -270,7 +286,7 @@ def train_on_edits(model, tokenizer, requests, options: TrainingOptions, ctx: Ed
                 order = list(range(len(requests)))
                 rng.shuffle(order)
                 mine = shard(order, engine.rank, engine.world_size)
-                total, count, tokens, kl_sum, steps, past = 0.0, 0, 0, 0.0, 0, []
+                total, count, tokens, kl_sum, key_sum, steps, past = 0.0, 0, 0, 0.0, 0.0, 0, []
                 missed = [0.0] * len(requests)
                 for start in range(0, len(mine), micro):
                     edits = mine[start:start + micro]
@@ -292,13 +308,16 @@ def train_on_edits(model, tokenizer, requests, options: TrainingOptions, ctx: Ed
                     total += out["ce"] * n
                     count += n
                     kl_sum += out.get("kl", 0.0)
+                    key_sum += out.get("key", 0.0)
                     steps += 1
                     bar.update(1)
                     bar.set_postfix(epoch=epoch, loss=f"{out['ce']:.3f}")
-                total, count, kl_sum, steps, *missed = engine.all_sum([total, float(count), kl_sum, float(steps), *missed])
+                total, count, kl_sum, key_sum, steps, *missed = engine.all_sum([total, float(count), kl_sum, key_sum,
+                                                                                float(steps), *missed])
                 learned = sum(1 for m in missed if m == 0) / max(len(requests), 1)
                 record = {"epoch": epoch, "loss": total / max(count, 1), "kl": kl_sum / steps if rows else None,
-                          "learned": learned, "tokens": tokens, "seconds": time.perf_counter() - t0}
+                          "key": key_sum / steps if penalty is not None else None, "learned": learned,
+                          "tokens": tokens, "seconds": time.perf_counter() - t0}
                 if past:
                     record["history_loss"] = sum(past) / len(past)
                 history.append(record)

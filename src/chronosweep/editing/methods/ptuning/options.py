@@ -25,5 +25,8 @@ class PtuningOptions(TrainingOptions):
         if self.encoder_type == "mlp" and self.encoder_num_layers != 2:
             problems.append(f"{where}.encoder_num_layers: peft's MLP encoder has exactly 2 layers; "
                             f"set encoder_type: lstm to choose the depth (got {self.encoder_num_layers})")
+        if self.key_weight > 0:
+            problems.append(f"{where}.key_weight: P-tuning trains a prompt encoder, no linear module of the decoder "
+                            "the key-statistics penalty could weigh; use kl_weight for locality")
         if not 0.0 <= self.encoder_dropout < 1.0:
             problems.append(f"{where}.encoder_dropout: must be in [0, 1), got {self.encoder_dropout}")

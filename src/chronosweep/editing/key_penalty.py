@@ -22,7 +22,8 @@ import torch
 from tqdm.auto import tqdm
 
 from chronosweep.core.models import file_lock
-from chronosweep.editing.stats import SEQ_LEN, StopForward, _atomic_save, _drop_stale_temps, _read, corpus_tokens, stats_dir
+from chronosweep.editing.locate import StopForward
+from chronosweep.editing.stats import SEQ_LEN, atomic_save, corpus_tokens, drop_stale_temps, read_cached, stats_dir
 
 
 @dataclass
@@ -70,7 +71,7 @@ def input_moments(model, tokenizer, modules: dict[str, torch.nn.Module], *, corp
     paths = {name: folder / f"input-{_clean(name)}.pt" for name in modules}
     out: dict[str, torch.Tensor] = {}
     for name, path in paths.items():
-        blob = _read(path) if path.exists() else None
+        blob = read_cached(path) if path.exists() else None
         if isinstance(blob, dict) and isinstance(blob.get("mom2"), torch.Tensor):
             out[name] = blob["mom2"]
     missing = [n for n in modules if n not in out]
@@ -78,7 +79,7 @@ def input_moments(model, tokenizer, modules: dict[str, torch.nn.Module], *, corp
         return out
     with file_lock(folder / "inputs.lock"):
         for name in missing:
-            _drop_stale_temps(paths[name])
+            drop_stale_temps(paths[name])
         tokens = corpus_tokens(model, tokenizer, corpus, samples, folder, device)
         sums: dict[str, torch.Tensor] = {}
         seen: set[str] = set()
@@ -110,7 +111,7 @@ def input_moments(model, tokenizer, modules: dict[str, torch.nn.Module], *, corp
                 h.remove()
         for name in missing:
             out[name] = (sums[name] / rows.numel()).float().cpu()
-            _atomic_save({"mom2": out[name], "count": rows.numel(), "module": _clean(name), "corpus": corpus,
+            atomic_save({"mom2": out[name], "count": rows.numel(), "module": _clean(name), "corpus": corpus,
                           "fingerprint": fingerprint}, paths[name])
     return out
 

@@ -66,7 +66,7 @@ def stats_dir(cache_dir: Path, fingerprint: str, corpus: str, samples: int) -> P
     return Path(cache_dir) / "stats" / fingerprint / f"{corpus_slug(corpus)}-{samples}t"
 
 
-def _atomic_save(obj, path: Path) -> None:
+def atomic_save(obj, path: Path) -> None:
     """Write beside the target, then rename: a reader sees the old file, no file, or the whole new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
@@ -79,13 +79,13 @@ def _atomic_save(obj, path: Path) -> None:
         raise
 
 
-def _drop_stale_temps(path: Path) -> None:
+def drop_stale_temps(path: Path) -> None:
     """Remove what a writer killed mid-save left beside path; call only while holding path's lock."""
     for tmp in path.parent.glob(f"{path.name}*.tmp"):
         tmp.unlink(missing_ok=True)
 
 
-def _read(path: Path):
+def read_cached(path: Path):
     """A cached tensor file, or None when it cannot be read (it is then computed again).
 
     weights_only: these files are plain tensors and dicts; nothing in the cache is ever unpickled as code.
@@ -187,8 +187,8 @@ def corpus_tokens(model, tokenizer, corpus: str, samples: int, folder: Path, dev
     """The corpus as one token stream, built once per (model, corpus, size) and cached beside the statistics."""
     path = folder / "corpus.pt"
     with file_lock(folder / "corpus.lock"):
-        _drop_stale_temps(path)
-        tokens = _read(path)
+        drop_stale_temps(path)
+        tokens = read_cached(path)
         if isinstance(tokens, torch.Tensor) and tokens.ndim == 1 and len(tokens):
             return tokens
         if corpus == "model":
@@ -200,7 +200,7 @@ def corpus_tokens(model, tokenizer, corpus: str, samples: int, folder: Path, dev
             if not file.is_file():
                 raise StatsCorpusError(f"stats_corpus {corpus!r}: no such file")
             tokens = _pack(tokenizer, _passages_from_file(file), samples, str(file))
-        _atomic_save(tokens, path)
+        atomic_save(tokens, path)
         return tokens
 
 
@@ -253,7 +253,7 @@ def second_moments(model, tokenizer, arch: Arch, layers: list[int], *, corpus: s
     out: dict[int, LayerStats] = {}
 
     def load(layer: int) -> LayerStats | None:
-        blob = _read(paths[layer])
+        blob = read_cached(paths[layer])
         if not (isinstance(blob, dict) and isinstance(blob.get("mom2"), torch.Tensor) and blob["mom2"].ndim == 2
                 and blob["mom2"].shape[0] == blob["mom2"].shape[1] and isinstance(blob.get("count"), int)):
             return None
@@ -271,7 +271,7 @@ def second_moments(model, tokenizer, arch: Arch, layers: list[int], *, corpus: s
             stack.enter_context(file_lock(folder / f"layer{layer:03d}.lock"))
         still = []
         for layer in missing:
-            _drop_stale_temps(paths[layer])
+            drop_stale_temps(paths[layer])
             stats = load(layer) if paths[layer].exists() else None
             if stats is None:
                 still.append(layer)
@@ -282,7 +282,7 @@ def second_moments(model, tokenizer, arch: Arch, layers: list[int], *, corpus: s
             moments = _accumulate(model, arch, still, tokens, device,
                                   desc=f"stats C (layer{'s' if len(still) > 1 else ''} {', '.join(map(str, still))})")
             for layer in still:
-                _atomic_save({"mom2": moments[layer], "count": len(tokens), "layer": layer, "corpus": corpus,
+                atomic_save({"mom2": moments[layer], "count": len(tokens), "layer": layer, "corpus": corpus,
                               "module": arch.down_proj, "fingerprint": fingerprint}, paths[layer])
                 out[layer] = LayerStats(mom2=moments[layer], count=len(tokens), cached=False, path=paths[layer])
     return out

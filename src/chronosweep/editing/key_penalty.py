@@ -19,11 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from chronosweep.core.models import file_lock
-from chronosweep.editing.locate import StopForward
-from chronosweep.editing.stats import SEQ_LEN, atomic_save, corpus_tokens, drop_stale_temps, read_cached, stats_dir
+from chronosweep.editing.stats import accumulate_moments, atomic_save, corpus_tokens, drop_stale_temps, read_cached, stats_dir
 
 
 @dataclass
@@ -65,8 +63,8 @@ def _clean(name: str) -> str:
 
 def input_moments(model, tokenizer, modules: dict[str, torch.nn.Module], *, corpus: str, samples: int,
                   fingerprint: str, cache_dir: Path, device) -> dict[str, torch.Tensor]:
-    """E[x x^T] of each module's input over the corpus (cached per module), in one pass of the base model that stops
-    once every missing module has been seen."""
+    """E[x x^T] of each module's input over the corpus (cached per module), in one pass that stops once every missing
+    module has read its input."""
     folder = stats_dir(cache_dir, fingerprint, corpus, samples)
     paths = {name: folder / f"input-{_clean(name)}.pt" for name in modules}
     out: dict[str, torch.Tensor] = {}
@@ -81,38 +79,12 @@ def input_moments(model, tokenizer, modules: dict[str, torch.nn.Module], *, corp
         for name in missing:
             drop_stale_temps(paths[name])
         tokens = corpus_tokens(model, tokenizer, corpus, samples, folder, device)
-        sums: dict[str, torch.Tensor] = {}
-        seen: set[str] = set()
-
-        def make_hook(name: str):
-            def hook(module, args):
-                x = args[0].reshape(-1, args[0].shape[-1]).float()
-                part = (x.T @ x).double()
-                sums[name] = part if name not in sums else sums[name] + part
-                seen.add(name)
-                if len(seen) == len(missing):
-                    raise StopForward
-            return hook
-
-        handles = [modules[n].register_forward_pre_hook(make_hook(n)) for n in missing]
-        n_full = len(tokens) // SEQ_LEN
-        rows = tokens[: n_full * SEQ_LEN].reshape(n_full, SEQ_LEN).long()
-        bar = tqdm(total=rows.numel(), desc="key statistics (trained modules)", unit="tok", dynamic_ncols=True)
-        try:
-            for chunk in rows.split(16):
-                seen.clear()
-                chunk = chunk.to(device)
-                with contextlib.suppress(StopForward), torch.no_grad():
-                    model(input_ids=chunk, attention_mask=torch.ones_like(chunk), use_cache=False)
-                bar.update(chunk.numel())
-        finally:
-            bar.close()
-            for h in handles:
-                h.remove()
+        moments = accumulate_moments(model, {n: modules[n] for n in missing}, tokens, device,
+                                     desc="key statistics (trained modules)", whole=True)
         for name in missing:
-            out[name] = (sums[name] / rows.numel()).float().cpu()
-            atomic_save({"mom2": out[name], "count": rows.numel(), "module": _clean(name), "corpus": corpus,
-                          "fingerprint": fingerprint}, paths[name])
+            out[name] = moments[name]
+            atomic_save({"mom2": out[name], "count": len(tokens), "module": _clean(name), "corpus": corpus,
+                         "fingerprint": fingerprint}, paths[name])
     return out
 
 

@@ -206,22 +206,25 @@ def corpus_tokens(model, tokenizer, corpus: str, samples: int, folder: Path, dev
 
 # ---------------------------------------------------------------- accumulation
 
-def _accumulate(model, arch: Arch, layers: list[int], tokens: torch.Tensor, device, desc: str) -> dict[int, torch.Tensor]:
-    """E[k k^T] per layer over the token stream, in one pass that stops after the deepest layer."""
-    sums: dict[int, torch.Tensor] = {}
-    deepest = max(layers)
+def accumulate_moments(model, modules: dict, tokens: torch.Tensor, device, desc: str, whole: bool = False) -> dict:
+    """E[x x^T] of each module's input over the token stream; every forward stops once all of them have read theirs,
+    so neither the later layers nor the LM head run. modules: {key: module} (ROME/MEMIT: layer -> down-projection);
+    whole: run the whole model (a module may be the LM head), not only its decoder."""
+    sums: dict = {}
+    seen: set = set()
 
-    def make_hook(layer: int):
+    def make_hook(key):
         def hook(module, args):
-            k = args[0].reshape(-1, args[0].shape[-1]).float()
+            x = args[0].reshape(-1, args[0].shape[-1]).float()
             # fp32 products of one batch, summed across batches in fp64.
-            part = (k.T @ k).double()
-            sums[layer] = part if layer not in sums else sums[layer] + part
-            if layer == deepest:
+            part = (x.T @ x).double()
+            sums[key] = part if key not in sums else sums[key] + part
+            seen.add(key)
+            if len(seen) == len(modules):
                 raise StopForward
         return hook
 
-    handles = [down_proj(model, arch, layer).register_forward_pre_hook(make_hook(layer)) for layer in layers]
+    handles = [m.register_forward_pre_hook(make_hook(key)) for key, m in modules.items()]
     n_full = len(tokens) // SEQ_LEN
     rows = tokens[: n_full * SEQ_LEN].reshape(n_full, SEQ_LEN).long()
     chunks = list(rows.split(max(1, (16384 if torch.device(device).type == "cuda" else 2048) // SEQ_LEN)))
@@ -232,9 +235,11 @@ def _accumulate(model, arch: Arch, layers: list[int], tokens: torch.Tensor, devi
     try:
         for chunk in chunks:
             chunk = chunk.to(device)
+            seen.clear()
             try:
                 with torch.no_grad():
-                    model.base_model(input_ids=chunk, attention_mask=torch.ones_like(chunk), use_cache=False)
+                    (model if whole else model.base_model)(input_ids=chunk, attention_mask=torch.ones_like(chunk),
+                                                           use_cache=False)
             except StopForward:
                 pass
             bar.update(chunk.numel())
@@ -242,7 +247,7 @@ def _accumulate(model, arch: Arch, layers: list[int], tokens: torch.Tensor, devi
         bar.close()
         for h in handles:
             h.remove()
-    return {layer: (s / len(tokens)).float().cpu() for layer, s in sums.items()}
+    return {key: (s / len(tokens)).float().cpu() for key, s in sums.items()}
 
 
 def second_moments(model, tokenizer, arch: Arch, layers: list[int], *, corpus: str, samples: int, fingerprint: str,
@@ -279,8 +284,9 @@ def second_moments(model, tokenizer, arch: Arch, layers: list[int], *, corpus: s
                 out[layer] = stats
         if still:
             tokens = corpus_tokens(model, tokenizer, corpus, samples, folder, device)
-            moments = _accumulate(model, arch, still, tokens, device,
-                                  desc=f"stats C (layer{'s' if len(still) > 1 else ''} {', '.join(map(str, still))})")
+            moments = accumulate_moments(model, {layer: down_proj(model, arch, layer) for layer in still}, tokens,
+                                         device, desc=f"stats C (layer{'s' if len(still) > 1 else ''} "
+                                                      f"{', '.join(map(str, still))})")
             for layer in still:
                 atomic_save({"mom2": moments[layer], "count": len(tokens), "layer": layer, "corpus": corpus,
                               "module": arch.down_proj, "fingerprint": fingerprint}, paths[layer])

@@ -167,8 +167,9 @@ def test_second_moments_are_cached_and_correct(llama_dir, tmp_path, monkeypatch)
     model, tok = load(info, torch.device("cpu"), torch.float32)
     arch = arch_for(info.model_type)
     calls = []
-    real = stats_mod._accumulate
-    monkeypatch.setattr(stats_mod, "_accumulate", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    real = stats_mod.accumulate_moments
+    # The layers each accumulation pass computes (its modules are keyed by layer).
+    monkeypatch.setattr(stats_mod, "accumulate_moments", lambda *a, **k: calls.append(list(a[1])) or real(*a, **k))
     kwargs = dict(corpus="model", samples=600, fingerprint=info.fingerprint, cache_dir=tmp_path, device="cpu")
     first = second_moments(model, tok, arch, [1, 2], **kwargs)
     assert calls == [[1, 2]] and not first[1].cached and first[1].count == 600

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from chronosweep.core.models import file_lock
+from chronosweep.editing.base import module_path
 from chronosweep.editing.stats import accumulate_moments, atomic_save, corpus_tokens, drop_stale_temps, read_cached, stats_dir
 
 
@@ -55,10 +56,8 @@ def _plain_trained(model):
 
 
 def _clean(name: str) -> str:
-    for prefix in ("base_model.model.", "base_model."):
-        if name.startswith(prefix):
-            name = name[len(prefix):]
-    return name
+    """The module's path in the unwrapped model (without peft's prefix)."""
+    return module_path(f"{name}.weight")
 
 
 def input_moments(model, tokenizer, modules: dict[str, torch.nn.Module], *, corpus: str, samples: int,
@@ -108,11 +107,12 @@ class KeyPenalty:
                                         fingerprint=fingerprint, cache_dir=cache_dir, device=device)
         finally:
             model.train(was_training)
+        adapters = {n: a for n, _, a in loras}
         self.terms: list[_Term] = []
         for name, module in wrapped.items():
             c = moments[name].to(device)
             if loras:
-                adapter = dict((n, a) for n, _, a in loras)[name]
+                adapter = adapters[name]
                 w = module.get_base_layer().weight
                 lora = (module.lora_A[adapter].weight, module.lora_B[adapter].weight, module.scaling[adapter])
                 term = _Term(name, c, 0.0, lora)

